@@ -1,0 +1,61 @@
+"""Typed configuration of a benchmark, as written under ``benchmark:`` in a study YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class BenchmarkConfig(BaseModel):
+    """Which multimodal task distribution to meta-learn, and the shape of its tasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        "offline4",
+        description=(
+            "Registered benchmark: 'offline4' (built-in images: glyphs, emoji, icons, textures), "
+            "'regression2' | 'regression3' | 'regression5' (MMAML's function families), or a real-data "
+            "composition 'mm2' | 'mm2b' | 'mm3' | 'mm5' (needs 'root'). See `mmlo data list`."
+        ),
+    )
+    modes: list[str] | None = Field(
+        None,
+        description="Subset of the benchmark's modes to use, in this order (default: all of them).",
+    )
+    ways: Annotated[int, Field(ge=2, le=100)] = Field(
+        5, description="Classes per task (N-way); ignored by regression benchmarks."
+    )
+    shots: Annotated[int, Field(ge=1, le=1000)] = Field(
+        1, description="Support examples per class (K-shot); for regression, support points per task."
+    )
+    query: Annotated[int, Field(ge=1, le=1000)] = Field(
+        15, description="Query examples per class; for regression, query points per task."
+    )
+    image_size: Annotated[int, Field(ge=8, le=512)] = Field(
+        32, description="Images are resized to image_size x image_size pixels (RGB)."
+    )
+    max_classes: Annotated[int, Field(ge=2)] | None = Field(
+        None,
+        description=(
+            "Cap on the classes per mode and split (a deterministic prefix of the class list), "
+            "for small studies; default: every class."
+        ),
+    )
+    samples_per_class: Annotated[int, Field(ge=2, le=1000)] = Field(
+        20, description="Built-in image benchmark: rendered samples per class (Omniglot has 20)."
+    )
+    root: Path | None = Field(
+        None, description="Folder holding the real datasets (real-data benchmarks only); '~' is expanded."
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where the built-in benchmark's rendered images are cached (default ~/.cache/mmlo).",
+    )
+
+    @field_validator("root", "cache_dir")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser().resolve()
