@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from mmlo.tasks.config import BenchmarkConfig
+from mmlo.tasks.regression import RegressionBenchmark
+from mmlo.tasks.registry import benchmark_kind, benchmark_modes, benchmark_names, get_benchmark
+
+
+def test_modes_and_kinds_without_building_data() -> None:
+    # the contract's mode tuples and kinds are known for every name, image benchmarks included
+    assert benchmark_modes("regression3") == ("sinusoid", "linear", "quadratic")
+    assert benchmark_modes("offline4") == ("glyphs", "emoji", "icons", "textures")
+    assert benchmark_modes("mm2") == ("omniglot", "miniimagenet")
+    assert benchmark_modes("mm2b") == ("miniimagenet", "fc100")
+    assert benchmark_modes("mm3") == ("omniglot", "miniimagenet", "fc100")
+    assert benchmark_modes("mm5") == ("omniglot", "miniimagenet", "fc100", "cub", "aircraft")
+    assert benchmark_modes("cub") == ("cub",)
+    assert benchmark_kind("regression5") == "regression" and benchmark_kind("offline4") == "classification"
+    assert {"regression2", "regression5", "offline4", "mm5", "omniglot"} <= set(benchmark_names())
+
+
+def test_get_benchmark_builds_regression() -> None:
+    # regression names build a RegressionBenchmark with the configured modes and point counts
+    bench = get_benchmark(BenchmarkConfig(name="regression2", shots=5, query=5))
+    assert isinstance(bench, RegressionBenchmark) and bench.modes == ("sinusoid", "linear")
+    assert (bench.shots, bench.query) == (5, 5)
+
+
+def test_unknown_names_and_modes_are_refused() -> None:
+    # an unregistered name or a mode outside the benchmark fails with the valid choices in the message
+    with pytest.raises(ValueError, match="registered: .*regression2"):
+        benchmark_modes("sinewaves")
+    with pytest.raises(ValueError, match="not part of offline4"):
+        get_benchmark(BenchmarkConfig(name="offline4", modes=["glyphs", "sinusoid"]))
