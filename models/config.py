@@ -108,8 +108,8 @@ class LearnerConfig(BaseModel):
     def _check_base(self) -> LearnerConfig:
         if self.base is not None and self.learner != "kml":
             raise ValueError(f"'base' only applies to learner 'kml', not '{self.learner}'")
-        if self.modulation == "none" and self.learner in ("mmaml", "mprotonet", "kml"):
-            raise ValueError(f"learner '{self.learner}' is modulated; use maml/protonet for no modulation")
+        if self.learner == "kml" and self.modulation not in (None, "kml"):
+            raise ValueError(f"learner 'kml' is kernel modulation; for '{self.modulation}' use mmaml/mprotonet")
         if self.modulation not in (None, "none") and self.learner in LEARNERS and LEARNERS[self.learner][2]:
             raise ValueError(f"oracle learner '{self.learner}' takes no modulation")
         return self

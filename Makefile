@@ -1,0 +1,48 @@
+# mmlo: `make study` sets up everything and runs the front-door study; `make test` sets up and runs the tests.
+# Both are idempotent: a second run reuses the virtualenv and starts in seconds.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STUDY ?= studies/kml_ablation.yaml
+# Debian packages: fonts for the built-in benchmark's glyphs and emoji, Chromium for the report test.
+SYSTEM_PACKAGES := fonts-noto-core fonts-unifont fonts-freefont-ttf fonts-dejavu-core fonts-noto-color-emoji chromium
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
+
+.PHONY: setup system study test test-fast bench clean
+
+setup: $(VENV)/.installed system
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "mmlo: please install these system packages (fonts and Chromium): $$missing"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+		echo "mmlo: missing system packages; run: sudo apt-get update && sudo apt-get install -y $$missing"; \
+		echo "mmlo: (the built-in benchmark refuses modes whose fonts are missing; the browser test is skipped)"; exit 0; fi; \
+	echo "mmlo: installing system packages: $$missing"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+study: setup
+	$(BIN)/mmlo data prepare offline4 --study $(STUDY)
+	$(BIN)/mmlo study $(STUDY)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/mmlo bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,290 @@
+"""The ``mmlo`` command line: one Typer app, one command per job, heavy imports deferred to the command.
+
+Data flows one way: study YAML -> spec -> Tune trials -> Parquet -> report. Every command turns bad
+input into one clear message and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from mmlo.orchestrator.errors import UserError
+
+app = typer.Typer(
+    name="mmlo",
+    help=(
+        "mmlo: the multimodal meta-learning orchestrator. Runs MMAML / KML / MAML / ProtoNet studies on "
+        "Ray Tune with Optuna, writes Parquet, and renders an offline HTML ablation report."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Benchmarks: list them, prepare their data, look at samples.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_state: dict[str, bool] = {"debug": False}
+T = TypeVar("T")
+
+StudyFile = Annotated[Path, typer.Argument(help="Study YAML file, e.g. studies/kml_ablation.yaml.")]
+RunDir = Annotated[Path, typer.Argument(help="Run directory: <output>/<study name>.")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"mmlo {version('mmlo')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
+    _version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug or os.environ.get("MMLO_DEBUG") == "1"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body; user errors become one message and exit code 2."""
+    from mmlo.tasks.errors import DataMissingError
+
+    try:
+        return fn()
+    except (UserError, DataMissingError) as err:
+        if _state["debug"]:
+            raise
+        raise _fail(str(err)) from None
+    except ModuleNotFoundError as err:
+        if _state["debug"]:
+            raise
+        raise _fail(
+            f"missing Python package '{err.name}': reinstall mmlo with `pip install -e '.[dev]'` "
+            "(or `make setup`)"
+        ) from None
+
+
+def _load(file: Path) -> Any:
+    from mmlo.orchestrator.spec import load_study
+
+    return load_study(file)
+
+
+@app.command()
+def validate(file: StudyFile) -> None:
+    """Check a study file and print a one-screen summary (arms, search space, trials, budget, concurrency)."""
+
+    def body() -> None:
+        from mmlo.orchestrator.summary import summarize
+
+        study = _load(file)
+        typer.echo(summarize(study, file))
+
+    _guard(body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of study files (point your editor's YAML plugin at it)."""
+    from mmlo.orchestrator.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def study(
+    file: StudyFile,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the run directory (overrides the study's 'output').")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Join an existing Ray cluster (e.g. 'auto' or 'host:6379').")
+    ] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", min=1, help="Cap on trials running at once.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish an interrupted study without re-running finished trials.")
+    ] = False,
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard/--no-dashboard", help="Start the Ray dashboard (needs mmlo[dashboard]).")
+    ] = True,
+) -> None:
+    """Run a study: ablation (arms x seeds), Optuna search, confirm; results to Parquet, then the report."""
+
+    def body() -> int:
+        from mmlo.orchestrator.runner import run_study
+
+        return run_study(
+            _load(file),
+            study_file=file,
+            out=out,
+            address=address,
+            max_concurrent=max_concurrent,
+            resume=resume,
+            dashboard=dashboard,
+        )
+
+    raise typer.Exit(_guard(body))
+
+
+@app.command()
+def status(run_dir: RunDir) -> None:
+    """Show the progress of a study (works while it runs, from another terminal)."""
+
+    def body() -> None:
+        from mmlo.orchestrator.results import show_status
+
+        show_status(run_dir)
+
+    _guard(body)
+
+
+class ResultFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def results(
+    run_dir: RunDir,
+    format: Annotated[ResultFormat, typer.Option("--format", help="table | csv | json.")] = ResultFormat.table,
+) -> None:
+    """Print the ablation table: arm x mode, mean ± 95 % CI over test episodes."""
+
+    def body() -> None:
+        from mmlo.orchestrator.results import show_results
+
+        show_results(run_dir, format.value)
+
+    _guard(body)
+
+
+@app.command()
+def report(
+    run_dir: RunDir,
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file (default RUN_DIR/report.html).")] = None,
+    png: Annotated[Path | None, typer.Option("--png", help="Also write every chart as a PNG into this folder.")] = None,
+) -> None:
+    """Write the offline HTML ablation report of a run directory."""
+
+    def body() -> None:
+        from mmlo.reports.html import write_report
+
+        path = write_report(run_dir, out=out, png_dir=png)
+        typer.echo(f"report: {path}")
+
+    _guard(body)
+
+
+@app.command()
+def transference(
+    run_dir: RunDir,
+    trial: Annotated[str, typer.Option("--trial", help="Trial id (see `mmlo status RUN_DIR`).")],
+    checkpoint: Annotated[
+        int | None, typer.Option("--checkpoint", help="Iteration of the checkpoint (default: the latest).")
+    ] = None,
+    sources: Annotated[int | None, typer.Option("--sources", min=1, help="Source tasks per mode.")] = None,
+    targets: Annotated[int | None, typer.Option("--targets", min=1, help="Target tasks per mode.")] = None,
+) -> None:
+    """Measure task-level transference of a saved checkpoint; appends to transference.parquet."""
+
+    def body() -> None:
+        from mmlo.orchestrator.transference_cmd import measure_checkpoint
+
+        measure_checkpoint(run_dir, trial=trial, checkpoint=checkpoint, sources=sources, targets=targets)
+
+    _guard(body)
+
+
+@app.command()
+def bench(
+    case: Annotated[list[str] | None, typer.Option("--case", help="Run only these cases (repeatable).")] = None,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed iterations per case.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Speed benchmark: seconds per meta-iteration and peak memory, vectorised vs a per-task loop."""
+
+    def body() -> int:
+        from mmlo.orchestrator.bench import run_bench
+
+        return run_bench(case or None, iterations, as_json)
+
+    raise typer.Exit(_guard(body))
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Benchmarks, their modes, class counts per split, and whether each is ready."""
+
+    def body() -> None:
+        from mmlo.tasks.datacmd import print_data_list
+
+        print_data_list()
+
+    _guard(body)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: Annotated[str, typer.Argument(help="Benchmark name, e.g. offline4 or mm5.")],
+    root: Annotated[Path | None, typer.Option("--root", help="Folder holding the real datasets.")] = None,
+    study_file: Annotated[
+        Path | None, typer.Option("--study", help="Prepare exactly what this study's benchmark block needs.")
+    ] = None,
+) -> None:
+    """Render the built-in benchmark's cache or check a real dataset's files (once, before a study)."""
+
+    def body() -> None:
+        from mmlo.tasks.datacmd import prepare
+
+        config = _load(study_file).benchmark if study_file else None
+        prepare(name, root=root, config=config)
+
+    _guard(body)
+
+
+@data_app.command("show")
+def data_show(
+    name: Annotated[str, typer.Argument(help="Benchmark name.")],
+    mode: Annotated[str, typer.Option("--mode", help="Mode to show, e.g. glyphs.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("contact_sheet.png"),
+    split: Annotated[str, typer.Option("--split", help="train | val | test.")] = "train",
+    classes: Annotated[int, typer.Option("--classes", min=1, help="Classes (rows) to show.")] = 8,
+    root: Annotated[Path | None, typer.Option("--root", help="Folder holding the real datasets.")] = None,
+) -> None:
+    """Write a PNG contact sheet of a few classes of one mode, to look at the data."""
+
+    def body() -> None:
+        from mmlo.tasks.datacmd import show
+
+        path = show(name, mode=mode, out=out, split=split, n_classes=classes, root=root)
+        typer.echo(f"contact sheet: {path}")
+
+    _guard(body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
