@@ -313,11 +313,11 @@ class Study(BaseModel):
             try:
                 self.learner_config(arm)
             except ValidationError as err:
-                raise ValueError(f"arms.{i} ({arm.name}): {_first_message(err)}") from None
+                raise ValueError(f"arms.{i}: {_first_message(err)} (arm '{arm.name}')") from None
             meta_batch = self.train_config(arm, self.seeds[0]).meta_batch
             if self.benchmark_mode_count and meta_batch % self.benchmark_mode_count:
                 raise ValueError(
-                    f"arms.{i} ({arm.name}): meta_batch {meta_batch} is not a multiple of the "
+                    f"arms.{i}: meta_batch {meta_batch} of arm '{arm.name}' is not a multiple of the "
                     f"{self.benchmark_mode_count} modes (tasks are drawn in equal shares per mode)"
                 )
         return self
@@ -404,7 +404,8 @@ class SpecError(UserError):
 def _first_message(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
-    return f"{loc}: {first['msg']}" if loc else first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
 
 
 def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:

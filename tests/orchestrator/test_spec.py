@@ -1,0 +1,200 @@
+"""The study spec: valid studies load; every kind of bad input gives one SpecError naming key and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmlo.orchestrator.spec import SpecError, Study, json_schema, load_study, parse_study
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = "name: t\nbenchmark: {name: regression2, shots: 5, query: 5}\narms:\n  - {name: MAML, learner: maml}\n"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load_study(_write(tmp_path, text))
+    return info.value
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "kml_ablation.yaml", "regression.yaml"])
+def test_shipped_studies_are_valid(name: str) -> None:
+    # every study shipped in studies/ loads without error
+    path = ROOT / "studies" / name
+    if not path.exists():
+        pytest.skip(f"{name} is not shipped yet")
+    assert isinstance(load_study(path), Study)
+
+
+def test_arm_inherits_study_defaults_and_overrides(tmp_path: Path) -> None:
+    # an arm's config = model defaults, then the arm's own keys; train overrides apply to that arm only
+    study = load_study(
+        _write(
+            tmp_path,
+            MINIMAL
+            + "  - {name: KML, learner: kml, base: maml, kml_rank: 3, train: {lr: 0.01}}\n"
+            + "model: {inner_lr: 0.001, hidden: [40, 40]}\ntrain: {meta_batch: 4, lr: 0.002}\nseeds: [3, 4]\n",
+        )
+    )
+    maml, kml = study.arms
+    assert study.learner_config(maml).inner_lr == 0.001
+    assert study.learner_config(kml).hidden == [40, 40]
+    assert study.learner_config(kml).kml_rank == 3
+    assert study.learner_config(kml).base_algorithm == "maml"
+    assert study.train_config(maml, 3).lr == 0.002
+    assert study.train_config(kml, 4).lr == 0.01
+    assert study.train_config(kml, 4).seed == 4
+    assert study.trial_count() == 4
+
+
+def test_search_trial_count_and_phases(tmp_path: Path) -> None:
+    # phases default to what is declared; confirm adds top_k x seeds trials
+    text = MINIMAL + (
+        "seeds: [0, 1]\nsearch:\n  trials: 5\n  space:\n    inner_lr: {type: float, low: 0.001, high: 0.1, log: true}\n"
+        "confirm: {top_k: 2}\n"
+    )
+    study = load_study(_write(tmp_path, text))
+    assert study.resolved_phases == ["ablation", "search", "confirm"]
+    assert study.trial_count() == 2 + 5 + 4
+
+
+def test_paths_are_absolute_and_user_expanded(tmp_path: Path) -> None:
+    # relative and ~ paths become absolute when the study is loaded
+    study = load_study(_write(tmp_path, MINIMAL + "output: ~/mmlo-runs\n"))
+    assert study.output == Path.home() / "mmlo-runs"
+    study = load_study(_write(tmp_path, MINIMAL + "output: runs\nbenchmark: {name: mm2, root: data}\n"))
+    assert study.output.is_absolute() and study.benchmark.root is not None and study.benchmark.root.is_absolute()
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    # a YAML syntax error reports the file and the line
+    err = _error(tmp_path, "name: t\narms: [\n  {name: a\nseeds: [0]\n")
+    assert "YAML syntax error" in str(err) and err.line is not None and str(tmp_path) in str(err)
+
+
+def test_unknown_key_names_key_path_and_line(tmp_path: Path) -> None:
+    # a typo is an error at its key path and line, never silently ignored
+    err = _error(tmp_path, MINIMAL + "  - {name: K, learner: kml, kml_rnk: 2}\n")
+    assert err.key == "arms.1.kml_rnk" and err.line == 5 and "unknown key" in str(err)
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    # a value of the wrong type names the key and echoes the value
+    err = _error(tmp_path, MINIMAL + "seeds: three\n")
+    assert err.key == "seeds" and "'three'" in str(err) and err.line == 5
+
+
+def test_out_of_range_value(tmp_path: Path) -> None:
+    # a value outside its limits names the key
+    err = _error(tmp_path, MINIMAL.replace("shots: 5", "shots: 0"))
+    assert err.key == "benchmark.shots" and "greater than or equal to 1" in str(err)
+
+
+def test_negative_budget(tmp_path: Path) -> None:
+    # a negative budget is refused at budget.iterations
+    err = _error(tmp_path, MINIMAL + "budget: {iterations: -10}\n")
+    assert err.key == "budget.iterations" and err.line == 5
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    # a missing study file is named, with a hint
+    with pytest.raises(SpecError, match="no such file"):
+        load_study(tmp_path / "nope.yaml")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    # an empty file says so instead of failing on None
+    err = _error(tmp_path, "# nothing here\n")
+    assert "empty" in str(err)
+
+
+def test_condition_on_unknown_parameter(tmp_path: Path) -> None:
+    # a search condition naming a parameter that is not in the space is refused at its key path
+    text = MINIMAL + (
+        "search:\n  trials: 2\n  space:\n"
+        "    kml_rank: {type: int, low: 1, high: 4, when: {modulatoin: kml}}\n"
+    )
+    err = _error(tmp_path, text)
+    assert err.key == "search.space.kml_rank.when" and "modulatoin" in str(err) and err.line == 8
+
+
+def test_condition_on_later_parameter(tmp_path: Path) -> None:
+    # define-by-run: a condition may only use parameters declared before it
+    text = MINIMAL + (
+        "search:\n  trials: 2\n  space:\n"
+        "    kml_rank: {type: int, low: 1, high: 4, when: {modulation: kml}}\n"
+        "    modulation: {type: categorical, choices: [film, kml]}\n"
+    )
+    assert "declared before" in str(_error(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("{type: float, low: 0.5, high: 0.1}", "greater than high"),
+        ("{type: float, low: 0, high: 0.1, log: true}", "low > 0"),
+        ("{type: categorical}", "choices"),
+        ("{type: int, low: 1.5, high: 4}", "integer"),
+        ("{type: float, high: 0.1}", "both 'low' and 'high'"),
+    ],
+)
+def test_bad_search_parameter(tmp_path: Path, param: str, message: str) -> None:
+    # malformed search dimensions are refused at search.space.<name>
+    err = _error(tmp_path, MINIMAL + f"search:\n  trials: 2\n  space:\n    inner_lr: {param}\n")
+    assert err.key == "search.space.inner_lr" and message in str(err)
+
+
+def test_unknown_search_parameter(tmp_path: Path) -> None:
+    # only learner and training fields can be searched
+    err = _error(tmp_path, MINIMAL + "search:\n  trials: 2\n  space:\n    inner_lrr: {type: float, low: 0.1, high: 1}\n")
+    assert "unknown parameter 'inner_lrr'" in str(err)
+
+
+def test_inconsistent_arm(tmp_path: Path) -> None:
+    # an arm whose merged config is inconsistent names the arm
+    err = _error(tmp_path, MINIMAL + "  - {name: P, learner: protonet, base: maml}\n")
+    assert err.key is not None and err.key.startswith("arms") and "'base' only applies" in str(err)
+
+
+def test_meta_batch_must_split_evenly_over_modes(tmp_path: Path) -> None:
+    # tasks are drawn in equal shares per mode, so meta_batch must be a multiple of the mode count
+    err = _error(tmp_path, MINIMAL + "train: {meta_batch: 5}\n")
+    assert "multiple of the 2 modes" in str(err)
+
+
+def test_duplicate_arm_names(tmp_path: Path) -> None:
+    # arm names identify rows of the ablation table, so they must be unique
+    assert "duplicate arm names" in str(_error(tmp_path, MINIMAL + "  - {name: MAML, learner: mmaml}\n"))
+
+
+def test_parse_rejects_non_mapping() -> None:
+    # a YAML list at top level is not a study
+    with pytest.raises(SpecError, match="mapping"):
+        parse_study([1, 2])
+
+
+def test_json_schema_is_valid_and_documented() -> None:
+    # the schema is JSON Schema with a description on every property of the study and its arms
+    schema = json_schema()
+    assert schema["type"] == "object" and "arms" in schema["properties"]
+    for name, prop in schema["properties"].items():
+        ref = prop.get("$ref", "").rsplit("/", 1)[-1]
+        assert prop.get("description") or schema["$defs"].get(ref, {}).get("description"), name
+    arm = schema["$defs"]["Arm"]["properties"]
+    assert all(p.get("description") for p in arm.values())
+    assert schema["additionalProperties"] is False
+
+
+def test_fingerprint_ignores_output_but_not_science(tmp_path: Path) -> None:
+    # moving the output folder keeps the study's identity; changing a learner setting changes it
+    a = load_study(_write(tmp_path, MINIMAL + "output: a\n"))
+    b = load_study(_write(tmp_path, MINIMAL + "output: b\n"))
+    c = load_study(_write(tmp_path, MINIMAL + "model: {inner_lr: 0.2}\n"))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
