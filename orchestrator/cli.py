@@ -86,6 +86,12 @@ def _load(file: Path) -> Any:
     return load_study(file)
 
 
+def _load_all(file: Path) -> list[Any]:
+    from mmlo.orchestrator.spec import load_studies
+
+    return load_studies(file)
+
+
 @app.command()
 def validate(file: StudyFile) -> None:
     """Check a study file and print a one-screen summary (arms, search space, trials, budget, concurrency)."""
@@ -93,8 +99,7 @@ def validate(file: StudyFile) -> None:
     def body() -> None:
         from mmlo.orchestrator.summary import summarize
 
-        study = _load(file)
-        typer.echo(summarize(study, file))
+        typer.echo("\n\n".join(summarize(study, file) for study in _load_all(file)))
 
     _guard(body)
 
@@ -126,20 +131,26 @@ def study(
         bool, typer.Option("--dashboard/--no-dashboard", help="Start the Ray dashboard (needs mmlo[dashboard]).")
     ] = True,
 ) -> None:
-    """Run a study: ablation (arms x seeds), Optuna search, confirm; results to Parquet, then the report."""
+    """Run a study (or each study of a multi-document file): ablation, Optuna search, confirm; Parquet; report."""
 
     def body() -> int:
         from mmlo.orchestrator.runner import run_study
 
-        return run_study(
-            _load(file),
-            study_file=file,
-            out=out,
-            address=address,
-            max_concurrent=max_concurrent,
-            resume=resume,
-            dashboard=dashboard,
-        )
+        code = 0
+        for one in _load_all(file):
+            code = max(
+                code,
+                run_study(
+                    one,
+                    study_file=file,
+                    out=out,
+                    address=address,
+                    max_concurrent=max_concurrent,
+                    resume=resume,
+                    dashboard=dashboard,
+                ),
+            )
+        return code
 
     raise typer.Exit(_guard(body))
 

@@ -474,8 +474,12 @@ def parse_study(data: Any, file: Path | str = "<study>", lines: dict[tuple[str, 
         raise SpecError(file, msg + more, ".".join(loc) or None, line) from None
 
 
-def load_study(path: Path | str) -> Study:
-    """Read, parse and validate a study YAML file. Raises SpecError with one clear message."""
+def load_studies(path: Path | str) -> list[Study]:
+    """Read and validate a study file; a file may hold several studies as YAML documents (``---``).
+
+    Several documents run one after another, e.g. the same arms on regression2, regression3 and
+    regression5. Raises SpecError with one clear message.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise SpecError(path, "no such file (give the path to a study YAML, e.g. studies/smoke.yaml)")
@@ -483,14 +487,28 @@ def load_study(path: Path | str) -> Study:
         raise SpecError(path, "is a folder, not a study YAML file")
     text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
         raise SpecError(path, f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None) from None
-    lines = _key_lines(node) if node is not None else {}
-    return parse_study(data, path.resolve(), lines)
+    pairs = [(doc, node) for doc, node in zip(documents, nodes, strict=True) if doc is not None]
+    if not pairs:
+        return [parse_study(None, path.resolve())]
+    studies = [parse_study(doc, path.resolve(), _key_lines(node)) for doc, node in pairs]
+    names = [s.name for s in studies]
+    if len(set(names)) != len(names):
+        raise SpecError(path, f"the documents of one file need distinct study names, got {names}", "name")
+    return studies
+
+
+def load_study(path: Path | str) -> Study:
+    """Read a study file that holds exactly one study."""
+    studies = load_studies(path)
+    if len(studies) > 1:
+        raise SpecError(path, f"holds {len(studies)} studies; expected one here")
+    return studies[0]
 
 
 def dump_study(study: Study) -> str:

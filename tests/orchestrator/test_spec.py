@@ -198,3 +198,18 @@ def test_fingerprint_ignores_output_but_not_science(tmp_path: Path) -> None:
     b = load_study(_write(tmp_path, MINIMAL + "output: b\n"))
     c = load_study(_write(tmp_path, MINIMAL + "model: {inner_lr: 0.2}\n"))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_multi_document_file(tmp_path: Path) -> None:
+    # a file may hold several studies as YAML documents; each is validated with its own line numbers
+    from mmlo.orchestrator.spec import load_studies
+
+    two = MINIMAL + "---\n" + MINIMAL.replace("name: t", "name: u").replace("regression2", "regression3") + "train: {meta_batch: 6}\n"
+    studies = load_studies(_write(tmp_path, two))
+    assert [s.name for s in studies] == ["t", "u"]
+    bad = MINIMAL + "---\n" + MINIMAL.replace("name: t", "name: u") + "budget: {iterations: 0}\n"
+    with pytest.raises(SpecError) as info:
+        load_studies(_write(tmp_path, bad))
+    assert info.value.key == "budget.iterations" and info.value.line == 10
+    with pytest.raises(SpecError, match="distinct study names"):
+        load_studies(_write(tmp_path, MINIMAL + "---\n" + MINIMAL))
