@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmlo.orchestrator.spec import SpecError, Study, json_schema, load_study, parse_study
+from mmlo.orchestrator.spec import SpecError, Study, json_schema, load_studies, load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = "name: t\nbenchmark: {name: regression2, shots: 5, query: 5}\narms:\n  - {name: MAML, learner: maml}\n"
@@ -24,13 +24,13 @@ def _error(tmp_path: Path, text: str) -> SpecError:
     return info.value
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "kml_ablation.yaml", "regression.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "kml_ablation.yaml", "regression.yaml", "paper_regression.yaml", "paper_mm2.yaml", "paper_mm3.yaml", "paper_mm5.yaml"])
 def test_shipped_studies_are_valid(name: str) -> None:
     # every study shipped in studies/ loads without error
     path = ROOT / "studies" / name
     if not path.exists():
         pytest.skip(f"{name} is not shipped yet")
-    assert isinstance(load_study(path), Study)
+    assert all(isinstance(s, Study) for s in load_studies(path))
 
 
 def test_arm_inherits_study_defaults_and_overrides(tmp_path: Path) -> None:
