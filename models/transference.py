@@ -1,0 +1,420 @@
+"""Task-level transference (KML paper, method.md §4): how one SGD step on a source task moves a target loss.
+
+At parameters θ, for a source task T_i and a target task T_j::
+
+    θ_{i}    = θ - α ∇_θ L_i(Q_i; θ, S_i)          one look-ahead step on the source's meta-loss
+    LR_{i→j} = L_j(Q_j; θ_i, S_j) / L_j(Q_j; θ, S_j)
+
+L is the learner's post-adaptation query loss, ``learner.task_outputs(params, batch).loss``: prototypes from
+the support set for the ProtoNet family, the loss after the inner loop for the MAML family, each task with
+its own modulation for modulated learners. So the measure works for every :class:`Learner` unchanged.
+LR < 1 is positive transfer, LR > 1 negative; LR_{i→i} is self-transference.
+
+The hot path has no Python loop over sources: the per-source meta-gradients are one ``vmap(grad(...))``
+over the source axis (per mode, so that learners which route by the mode label see a plain tensor), and
+the target losses of all look-ahead parameters are one ``vmap`` over the stacked parameters.
+:func:`reference_loop_transference` computes the same numbers one source at a time with plain autograd, for
+the equivalence test.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import grad, vmap
+
+from mmlo.models.base import Learner, Params
+from mmlo.models.config import TrainConfig
+from mmlo.tasks.base import Benchmark, Split, TaskBatch, episode_seed
+
+
+@dataclass(frozen=True)
+class TransferenceResult:
+    """Loss ratios of every (source, target) pair at one parameter point.
+
+    ``lr``, ``loss_before`` and ``loss_after`` are float64 ``[S, T]`` (``lr = loss_after / loss_before``
+    exactly, row by row); ``source_mode``/``source_seed`` are ``[S]`` and ``target_mode``/``target_seed``
+    ``[T]`` (mode indices and task seeds); ``source_split`` names each source's split (self sources come from
+    the target split); ``is_self`` is bool ``[S, T]``, true where the source task is the target task.
+    """
+
+    lr: torch.Tensor
+    loss_before: torch.Tensor
+    loss_after: torch.Tensor
+    source_mode: torch.Tensor
+    source_seed: torch.Tensor
+    source_split: tuple[str, ...]
+    target_mode: torch.Tensor
+    target_seed: torch.Tensor
+    target_split: str
+    is_self: torch.Tensor
+    alpha: float
+
+    def rows(self, modes: Sequence[str], neutral_band: float) -> list[dict[str, Any]]:
+        """One row per (source, target) pair with the columns of ``transference.parquet`` that the measure
+        knows: source/target split, mode name and task seed, ``self``, both losses, ``lr``, ``alpha`` and
+        ``neutral_band`` (the caller adds study, trial and iteration)."""
+        lr = self.lr.tolist()
+        before = self.loss_before.tolist()
+        after = self.loss_after.tolist()
+        is_self = self.is_self.tolist()
+        source_mode = self.source_mode.tolist()
+        source_seed = self.source_seed.tolist()
+        target_mode = self.target_mode.tolist()
+        target_seed = self.target_seed.tolist()
+        out: list[dict[str, Any]] = []
+        for i in range(len(source_seed)):
+            for j in range(len(target_seed)):
+                out.append(
+                    {
+                        "source_split": self.source_split[i],
+                        "target_split": self.target_split,
+                        "source_mode": modes[source_mode[i]],
+                        "target_mode": modes[target_mode[j]],
+                        "source_task": int(source_seed[i]),
+                        "target_task": int(target_seed[j]),
+                        "self": bool(is_self[i][j]),
+                        "loss_before": float(before[i][j]),
+                        "loss_after": float(after[i][j]),
+                        "lr": float(lr[i][j]),
+                        "alpha": float(self.alpha),
+                        "neutral_band": float(neutral_band),
+                    }
+                )
+        return out
+
+
+def transfer_class(lr: float, neutral_band: float) -> str:
+    """'positive' (LR < 1), 'neutral' (|1 - LR| < band, or no change at all) or 'negative' (LR > 1).
+
+    LR = 1 counts as neutral even for a zero band, so the three classes cover every finite LR; a NaN LR
+    (a target with zero loss) is 'undefined'.
+    """
+    if math.isnan(lr):
+        return "undefined"
+    if abs(1.0 - lr) < neutral_band or lr == 1.0:
+        return "neutral"
+    return "positive" if lr < 1.0 else "negative"
+
+
+def summarise(rows: Iterable[dict[str, Any]], neutral_band: float | None = None) -> list[dict[str, Any]]:
+    """Per (self, source mode, target mode): ``n``, ``mean``, ``median`` of LR and the shares of positive,
+    neutral and negative transfer (KML paper: ProtoNet 28/9/63 %).
+
+    Self-transference pairs (``self`` true) are summarised apart from the cross-task pairs, so a mode's
+    diagonal never mixes LR_{i→i} into the mean transference from the mode to itself. ``neutral_band``
+    defaults to each row's own.
+    """
+    groups: dict[tuple[bool, str, str], list[tuple[float, float]]] = {}
+    for row in rows:
+        band = row["neutral_band"] if neutral_band is None else neutral_band
+        key = (bool(row["self"]), str(row["source_mode"]), str(row["target_mode"]))
+        groups.setdefault(key, []).append((float(row["lr"]), float(band)))
+    out: list[dict[str, Any]] = []
+    for (is_self, source_mode, target_mode), values in groups.items():
+        lr = np.array([v for v, _ in values], dtype=np.float64)
+        classes = [transfer_class(v, band) for v, band in values]
+        defined = max(1, sum(c != "undefined" for c in classes))
+        out.append(
+            {
+                "self": is_self,
+                "source_mode": source_mode,
+                "target_mode": target_mode,
+                "n": len(values),
+                "mean": float(np.nanmean(lr)) if np.isfinite(lr).any() else math.nan,
+                "median": float(np.nanmedian(lr)) if np.isfinite(lr).any() else math.nan,
+                "positive": classes.count("positive") / defined,
+                "neutral": classes.count("neutral") / defined,
+                "negative": classes.count("negative") / defined,
+            }
+        )
+    return out
+
+
+def _self_sources(sources: TaskBatch, targets: TaskBatch, include_self: bool) -> tuple[TaskBatch, int]:
+    """The source batch, with the targets appended when self-transference is asked for."""
+    if not include_self:
+        return sources, 0
+    merged = TaskBatch(
+        **{
+            name: torch.cat([getattr(sources, name), getattr(targets, name)])
+            for name in ("support_x", "support_y", "query_x", "query_y", "mode", "seed")
+        }
+    )
+    return merged, targets.num_tasks
+
+
+def _result(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    sources: TaskBatch,
+    source_split: tuple[str, ...],
+    targets: TaskBatch,
+    target_split: Split,
+    alpha: float,
+) -> TransferenceResult:
+    source_mode, source_seed = sources.mode.cpu(), sources.seed.cpu()
+    target_mode, target_seed = targets.mode.cpu(), targets.seed.cpu()
+    # A task is (split, mode, seed): the same triple is the same task, whichever batch it was built for.
+    same_split = torch.tensor([s == target_split for s in source_split], dtype=torch.bool)
+    is_self = (
+        same_split[:, None]
+        & (source_mode[:, None] == target_mode[None, :])
+        & (source_seed[:, None] == target_seed[None, :])
+    )
+    return TransferenceResult(
+        lr=after / before,
+        loss_before=before,
+        loss_after=after,
+        source_mode=source_mode,
+        source_seed=source_seed,
+        source_split=source_split,
+        target_mode=target_mode,
+        target_seed=target_seed,
+        target_split=target_split,
+        is_self=is_self,
+        alpha=alpha,
+    )
+
+
+def _detached(params: Params) -> Params:
+    return {name: p.detach() for name, p in params.items()}
+
+
+@contextmanager
+def _module_mode(learner: Learner, training: bool) -> Iterator[None]:
+    """Put the learner's modules in train or eval mode for a block (as fit and evaluate do), then restore."""
+    was_training = learner.training
+    learner.train(training)
+    try:
+        yield
+    finally:
+        learner.train(was_training)
+
+
+def source_gradients(learner: Learner, params: Params, sources: TaskBatch) -> Params:
+    """Per-source meta-gradients ``∇_θ L_i(θ)``, stacked on a leading source axis ``[S, *shape]``.
+
+    One ``vmap(grad(...))`` over the sources of each mode; each source is scored as a one-task batch in
+    training mode, the loss whose gradient a meta-training step would take.
+    """
+    theta = _detached(params)
+    out = {name: p.new_zeros((sources.num_tasks, *p.shape)) for name, p in theta.items()}
+    for mode in torch.unique(sources.mode).tolist():
+        index = torch.nonzero(sources.mode == mode).squeeze(1)
+        group = sources.select(index)
+        # The mode label stays an ordinary tensor inside vmap, so oracle learners can route on it.
+        mode_label = group.mode[:1]
+
+        def source_loss(
+            p: Params,
+            support_x: torch.Tensor,
+            support_y: torch.Tensor,
+            query_x: torch.Tensor,
+            query_y: torch.Tensor,
+            seed: torch.Tensor,
+            mode_label: torch.Tensor = mode_label,
+        ) -> torch.Tensor:
+            task = TaskBatch(
+                support_x=support_x.unsqueeze(0),
+                support_y=support_y.unsqueeze(0),
+                query_x=query_x.unsqueeze(0),
+                query_y=query_y.unsqueeze(0),
+                mode=mode_label,
+                seed=seed.unsqueeze(0),
+            )
+            return learner.task_outputs(p, task, training=True).loss.sum()
+
+        with _module_mode(learner, True):
+            grads = vmap(grad(source_loss), in_dims=(None, 0, 0, 0, 0, 0))(
+                theta, group.support_x, group.support_y, group.query_x, group.query_y, group.seed
+            )
+        for name in out:
+            out[name][index] = grads[name]
+    return out
+
+
+def target_losses(learner: Learner, stacked: Params, targets: TaskBatch) -> torch.Tensor:
+    """``L_j(θ_k)`` for every stacked parameter point ``θ_k`` (leading axis ``K``) and target ``j``, ``[K, T]``.
+
+    One ``vmap`` over the parameter axis; the targets are scored in evaluation mode, as the evaluation
+    protocol scores test episodes.
+    """
+
+    def losses(p: Params) -> torch.Tensor:
+        return learner.task_outputs(p, targets, training=False).loss
+
+    with _module_mode(learner, False):
+        return vmap(losses)(stacked).detach()
+
+
+def _chunks(mode: torch.Tensor, chunk_size: int | None) -> list[torch.Tensor]:
+    """Source indices in groups of one mode and at most ``chunk_size`` sources each."""
+    chunks: list[torch.Tensor] = []
+    for m in torch.unique(mode).tolist():
+        index = torch.nonzero(mode == m).squeeze(1)
+        chunks.extend(torch.split(index, chunk_size or len(index)))
+    return chunks
+
+
+def measure_transference(
+    learner: Learner,
+    params: Params,
+    sources: TaskBatch,
+    targets: TaskBatch,
+    *,
+    alpha: float,
+    source_split: Split = "train",
+    target_split: Split = "test",
+    include_self: bool = False,
+    chunk_size: int | None = None,
+) -> TransferenceResult:
+    """LR(i → j) for every source ``i`` and target ``j``, vectorised over sources and targets.
+
+    Sources are processed per mode, in chunks of at most ``chunk_size`` (default: a whole mode at once) to
+    bound memory: one ``vmap(grad)`` gives the chunk's meta-gradients, and one ``vmap`` over the stacked
+    look-ahead points ``[θ, θ - α g_1, ...]`` gives every target loss. Each chunk's own ``L_j(θ)`` is the
+    denominator of its rows, so a source with a zero gradient has LR exactly 1. ``include_self`` appends
+    the targets to the sources, which yields the self-transference LR_{j→j}.
+    """
+    all_sources, n_self = _self_sources(sources, targets, include_self)
+    split_names = (source_split,) * sources.num_tasks + (target_split,) * n_self
+    theta = _detached(params)
+    before = torch.empty((all_sources.num_tasks, targets.num_tasks), dtype=torch.float64)
+    after = torch.empty_like(before)
+    for index in _chunks(all_sources.mode.cpu(), chunk_size):
+        grads = source_gradients(learner, theta, all_sources.select(index.to(all_sources.mode.device)))
+        stacked = {name: torch.cat([p[None], p[None] - alpha * grads[name]]) for name, p in theta.items()}
+        losses = target_losses(learner, stacked, targets).double().cpu()
+        before[index] = losses[:1].expand(len(index), -1)
+        after[index] = losses[1:]
+    return _result(before, after, all_sources, split_names, targets, target_split, alpha)
+
+
+def reference_loop_transference(
+    learner: Learner,
+    params: Params,
+    sources: TaskBatch,
+    targets: TaskBatch,
+    *,
+    alpha: float,
+    source_split: Split = "train",
+    target_split: Split = "test",
+    include_self: bool = False,
+) -> TransferenceResult:
+    """The same measure, one source at a time with ``torch.autograd.grad`` and no vmap (the equivalence test)."""
+    all_sources, n_self = _self_sources(sources, targets, include_self)
+    split_names = (source_split,) * sources.num_tasks + (target_split,) * n_self
+    theta = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    with _module_mode(learner, False):
+        before = learner.task_outputs(_detached(theta), targets, training=False).loss.detach().double()[None]
+    after_rows: list[torch.Tensor] = []
+    for i in range(all_sources.num_tasks):
+        with _module_mode(learner, True):
+            loss = learner.task_outputs(theta, all_sources.select([i]), training=True).loss.sum()
+        grads = torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
+        moved = {
+            name: (p if g is None else p - alpha * g).detach() for (name, p), g in zip(theta.items(), grads)
+        }
+        with _module_mode(learner, False):
+            after_rows.append(learner.task_outputs(moved, targets, training=False).loss.detach().double())
+    after = torch.stack(after_rows)
+    return _result(before.expand_as(after), after, all_sources, split_names, targets, target_split, alpha)
+
+
+def fixed_tasks(benchmark: Benchmark, split: Split, per_mode: int, eval_seed: int) -> TaskBatch:
+    """``per_mode`` tasks of every mode on ``split``, task ``i`` of a mode seeded ``episode_seed(eval_seed,
+    split, mode, i)``: every arm and seed of a study measures transference on the same tasks, and targets on
+    the test split are the study's first evaluation episodes."""
+    modes = [m for m in range(len(benchmark.modes)) for _ in range(per_mode)]
+    seeds = [episode_seed(eval_seed, split, benchmark.modes[m], i % per_mode) for i, m in enumerate(modes)]
+    return benchmark.tasks(split, modes, seeds)
+
+
+@dataclass
+class TransferenceHook:
+    """A :func:`mmlo.models.training.fit` hook: after the outer step of each of ``iterations`` it measures
+    transference of ``sources`` onto ``targets`` and appends the rows, with ``iteration``, to :attr:`rows`.
+
+    Measuring leaves training untouched: the learner's buffers, its module mode and the torch RNG state are
+    restored. :attr:`seconds` adds up the time spent measuring, to set against the training time.
+    """
+
+    iterations: frozenset[int]
+    sources: TaskBatch
+    targets: TaskBatch
+    alpha: float
+    neutral_band: float
+    source_split: Split = "train"
+    target_split: Split = "test"
+    include_self: bool = True
+    chunk_size: int | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __call__(self, iteration: int, learner: Learner, benchmark: Benchmark) -> None:
+        started = time.perf_counter()
+        device = next(iter(learner.parameters())).device
+        buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                result = measure_transference(
+                    learner,
+                    learner.params(),
+                    self.sources.to(device),
+                    self.targets.to(device),
+                    alpha=self.alpha,
+                    source_split=self.source_split,
+                    target_split=self.target_split,
+                    include_self=self.include_self,
+                    chunk_size=self.chunk_size,
+                )
+        finally:
+            with torch.no_grad():
+                for name, b in learner.named_buffers():
+                    b.copy_(buffers[name])
+        rows = result.rows(benchmark.modes, self.neutral_band)
+        self.rows.extend({"iteration": iteration, **row} for row in rows)
+        self.seconds += time.perf_counter() - started
+
+
+def make_transference_hook(
+    benchmark: Benchmark,
+    train_cfg: TrainConfig,
+    *,
+    sources_per_mode: int = 10,
+    targets_per_mode: int = 2,
+    source_split: Split = "train",
+    target_split: Split = "test",
+    alpha: float | None = None,
+    neutral_band: float = 0.01,
+    at: Sequence[int] | None = None,
+    include_self: bool = True,
+    chunk_size: int | None = None,
+) -> TransferenceHook:
+    """The hook of a study's ``transference`` block, from plain arguments (models never import the orchestrator).
+
+    Sources and targets are fixed tasks drawn with :func:`fixed_tasks` from ``train_cfg.eval_seed``; ``alpha``
+    defaults to the outer learning rate ``train_cfg.lr`` and ``at`` to the last iteration. Iterations beyond
+    the budget are dropped.
+    """
+    wanted = at if at is not None else [train_cfg.iterations]
+    iterations = frozenset(int(i) for i in wanted if 1 <= i <= train_cfg.iterations)
+    return TransferenceHook(
+        iterations=iterations,
+        sources=fixed_tasks(benchmark, source_split, sources_per_mode, train_cfg.eval_seed),
+        targets=fixed_tasks(benchmark, target_split, targets_per_mode, train_cfg.eval_seed),
+        alpha=float(alpha if alpha is not None else train_cfg.lr),
+        neutral_band=float(neutral_band),
+        source_split=source_split,
+        target_split=target_split,
+        include_self=include_self,
+        chunk_size=chunk_size,
+    )
