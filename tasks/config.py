@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,6 +49,17 @@ class BenchmarkConfig(BaseModel):
     )
     root: Path | None = Field(
         None, description="Folder holding the real datasets (real-data benchmarks only); '~' is expanded."
+    )
+    omniglot_split: Literal["vinyals", "maml"] = Field(
+        "vinyals",
+        description=(
+            "Omniglot class split: 'vinyals' (1028/172/423 characters, the shipped list of Vinyals et al.) or "
+            "'maml' (MAML's 1100/100/423 sizes; see tasks/omniglot_splits.json for how the list was derived)."
+        ),
+    )
+    omniglot_rotations: bool = Field(
+        True,
+        description="Omniglot: the 90/180/270-degree rotations of each character are extra classes (x4), as customary.",
     )
     cache_dir: Path | None = Field(
         None,

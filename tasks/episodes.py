@@ -142,6 +142,7 @@ class ImageBenchmark(Benchmark):
         self._fingerprint = fingerprint
         self._image_size = image_size
         self._loaded: dict[tuple[str, str], ClassBank] = {}
+        self._checked: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     @property
@@ -155,15 +156,21 @@ class ImageBenchmark(Benchmark):
         return self._fingerprint
 
     def bank(self, mode: str, split: Split) -> ClassBank:
-        """The class bank of ``mode`` on ``split``, loaded on first use and checked against the task shape."""
+        """The class bank of ``mode`` on ``split``, loaded on first use."""
         key = (mode, split)
         with self._lock:
             if key not in self._loaded:
                 source = self._banks[mode][split]
-                bank = source if isinstance(source, ClassBank) else source()
-                self._check(mode, split, bank)
-                self._loaded[key] = bank
+                self._loaded[key] = source if isinstance(source, ClassBank) else source()
             return self._loaded[key]
+
+    def _episode_bank(self, mode: str, split: Split) -> ClassBank:
+        """:meth:`bank`, checked once against the task shape (ways, shots + query, image size)."""
+        bank = self.bank(mode, split)
+        if (mode, split) not in self._checked:
+            self._check(mode, split, bank)
+            self._checked.add((mode, split))
+        return bank
 
     def _check(self, mode: str, split: str, bank: ClassBank) -> None:
         where = f"{self.name} mode {mode!r} split {split!r}"
@@ -177,8 +184,8 @@ class ImageBenchmark(Benchmark):
                 f"{where}: class {bank.class_name(c)!r} has {sizes[c]} images, "
                 f"fewer than shots + query = {need}"
             )
-        if self._image_size is not None and bank.image_size != (self._image_size, self._image_size):
-            raise ValueError(f"{where} holds {bank.image_size} images, not {self._image_size}px")
+        if bank.image_size != self.input_shape[1:]:
+            raise ValueError(f"{where} holds {bank.image_size} images, not {self.input_shape[1:]}")
 
     def tasks(self, split: Split, modes: Sequence[int], seeds: Sequence[int]) -> TaskBatch:
         """One episode per ``(mode, seed)``; the same triple always gives the same pixels and labels."""
@@ -195,9 +202,7 @@ class ImageBenchmark(Benchmark):
         pixels = np.empty((n_tasks, ways, per, 3, height, width), dtype=np.uint8)
         for m in np.unique(mode_idx):
             mode = self.modes[int(m)]
-            bank = self.bank(mode, split)
-            if bank.image_size != (height, width):
-                raise ValueError(f"{self.name} mode {mode!r} holds {bank.image_size} images, not {(height, width)}")
+            bank = self._episode_bank(mode, split)
             rows = np.flatnonzero(mode_idx == m)
             classes, within = self._draw(bank, mode, split_idx, seed_arr[rows])
             pixels[rows] = bank.gather(classes, within).transpose(0, 1, 2, 5, 3, 4)
@@ -243,6 +248,7 @@ class ImageBenchmark(Benchmark):
         # Banks that came from callables are reloaded in the receiving process instead of being pickled.
         state = self.__dict__.copy()
         state["_loaded"] = {}
+        state["_checked"] = set()
         del state["_lock"]
         return state
 

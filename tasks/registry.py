@@ -35,6 +35,8 @@ _ENTRIES: dict[str, Entry] = {
     "mm3": Entry("classification", ("omniglot", "miniimagenet", "fc100"), "mmlo.tasks.real:build"),
     "mm5": Entry("classification", REAL_DATASETS, "mmlo.tasks.real:build"),
     **{name: Entry("classification", (name,), "mmlo.tasks.real:build") for name in REAL_DATASETS},
+    "cifarfs": Entry("classification", ("cifarfs",), "mmlo.tasks.real:build"),
+    "folder": Entry("classification", ("folder",), "mmlo.tasks.real:build"),
 }
 
 
