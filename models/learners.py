@@ -1,0 +1,320 @@
+"""The meta-learners of method.md §2: the MAML family and the ProtoNet family, vectorised over tasks.
+
+Learner names map to a base algorithm, a modulation and an oracle flag (``mmlo.models.config.LEARNERS``):
+
+- ``maml``, ``multi_maml``, ``mmaml``, ``kml`` with ``base: maml`` -> :class:`MAML`: inner SGD steps on
+  the support set from θ (second order by default), outer loss on the query set. With a modulation, the
+  task encoder's υ and the generator's τ are computed once from the support set and held fixed while θ
+  is adapted.
+- ``protonet``, ``multi_protonet``, ``mprotonet``, ``kml`` (``base: protonet``) -> :class:`ProtoNet`:
+  class prototypes are the mean support embedding, logits the negative squared Euclidean distance.
+
+Parameters live under four prefixes: ``backbone.`` (θ), ``encoder.`` (h), ``modulation.`` (g) and, with
+``learn_inner_lr`` (Meta-SGD), ``inner_lr.`` (one step size per backbone parameter element). Oracle
+multi_* learners stack one backbone per mode on a leading axis and route each task to its mode's network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmlo.models.base import Learner, Params, TaskOutput
+from mmlo.models.config import LearnerConfig
+from mmlo.models.encoders import TaskEncoder, build_encoder
+from mmlo.models.modulation import LayerModulation, Modulation, build_modulation
+from mmlo.models.networks import MLP, Backbone, ConvNet
+from mmlo.tasks.base import Benchmark, TaskBatch
+
+Taus = Sequence[LayerModulation | None] | None
+
+
+def _sub(params: Params, prefix: str) -> Params:
+    n = len(prefix)
+    return {k[n:]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def _lr_key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class MetaLearner(Learner):
+    """What both families share: a backbone, an optional task encoder + generator, oracle routing."""
+
+    def __init__(
+        self,
+        config: LearnerConfig,
+        backbone: Backbone,
+        encoder: TaskEncoder | None,
+        modulation: Modulation | None,
+        *,
+        kind: str,
+        outputs: int,
+    ) -> None:
+        super().__init__()
+        if (encoder is None) != (modulation is None):
+            raise ValueError("a modulated learner needs both a task encoder and a generator")
+        self.config = config
+        self.backbone = backbone
+        self.encoder = encoder
+        self.modulation = modulation
+        self.kind = kind
+        self.outputs = outputs
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters of θ (``backbone``, with Meta-SGD's step sizes), h (``encoder``), g (``generator``)."""
+        counts = {"backbone": 0, "encoder": 0, "generator": 0}
+        component = {"backbone": "backbone", "inner_lr": "backbone", "encoder": "encoder", "modulation": "generator"}
+        for name, p in self.named_parameters():
+            counts[component[name.split(".", 1)[0]]] += p.numel()
+        return {**counts, "total": sum(counts.values())}
+
+    def _taus(self, params: Params, batch: TaskBatch, *, training: bool) -> Taus:
+        """τ per layer for every task, from υ = h(support set)."""
+        if self.encoder is None or self.modulation is None:
+            return None
+        embedding = self.encoder.embed(
+            _sub(params, "encoder."), batch.support_x, batch.support_y, training=training, track=training
+        )
+        return self.modulation.generate(_sub(params, "modulation."), embedding)
+
+    def _route(self, params: Params, batch: TaskBatch) -> tuple[Params, torch.Tensor | None]:
+        """Oracle learners: each task gets its mode's network (``[T, ...]``); others share θ."""
+        if not self.config.per_mode:
+            return params, None
+        return {k: v[batch.mode] for k, v in params.items()}, batch.mode
+
+    def _loss_and_metric(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task query loss and metric: cross-entropy and accuracy, or MSE and MSE."""
+        if self.kind == "regression":
+            loss = (out - target).pow(2).flatten(1).mean(1)
+            return loss, loss.detach()
+        tasks, n = target.shape
+        loss = F.cross_entropy(out.reshape(tasks * n, -1), target.reshape(-1), reduction="none").view(tasks, n)
+        accuracy = (out.argmax(-1) == target).to(out.dtype).mean(1)
+        return loss.mean(1), accuracy
+
+
+class MAML(MetaLearner):
+    """MAML (Finn et al. 2017) and its modulated variants MMAML (FiLM/sigmoid/softmax) and KML-on-MAML.
+
+    For each task: τ = g(h(S)); θ_0 = θ; θ_{k+1} = θ_k - α ⊙ clip(∇_θ L(S; θ_k, τ)); loss = L(Q; θ_K, τ).
+    The inner gradients of all tasks come from one backward pass of the summed support losses, taken
+    with respect to per-task copies of θ (``[T, ...]``), so tasks never mix. Second order
+    (``create_graph``) unless ``first_order``; α is ``inner_lr`` or, with ``learn_inner_lr``, a learned
+    tensor per parameter (Meta-SGD); ``inner_grad_clip`` rescales each task's inner gradient to at most
+    that global norm.
+    """
+
+    def __init__(
+        self,
+        config: LearnerConfig,
+        backbone: Backbone,
+        encoder: TaskEncoder | None,
+        modulation: Modulation | None,
+        *,
+        kind: str,
+        outputs: int,
+    ) -> None:
+        super().__init__(config, backbone, encoder, modulation, kind=kind, outputs=outputs)
+        if config.learn_inner_lr:
+            self.inner_lr = nn.ParameterDict(
+                {
+                    _lr_key(name): nn.Parameter(torch.full_like(p, config.inner_lr))
+                    for name, p in backbone.named_parameters()
+                }
+            )
+
+    def task_outputs(self, params: Params, batch: TaskBatch, *, training: bool = True) -> TaskOutput:
+        """Adapt θ to each task's support set and score the query set; see the class docstring.
+
+        With ``training`` False (evaluation) or under ``torch.no_grad()``, the inner loop still takes its
+        gradient steps but nothing is kept for a meta-gradient, and 'running' BatchNorm uses its running
+        statistics. ``metric_before`` is the query metric of the modulated, not yet adapted network.
+        """
+        meta = training and torch.is_grad_enabled()
+        with torch.set_grad_enabled(meta):
+            taus = self._taus(params, batch, training=training)
+        theta, route = self._route(_sub(params, "backbone."), batch)
+        steps = self._step_sizes(params, batch)
+        with torch.no_grad():
+            before = self.backbone.run(theta, batch.query_x, taus, route=route, training=training)
+            _, metric_before = self._loss_and_metric(before, batch.query_y)
+        fast = self._adapt(theta, steps, taus, batch, route, meta=meta, training=training)
+        with torch.set_grad_enabled(meta):
+            out = self.backbone.run(fast, batch.query_x, taus, route=route, training=training, track=training)
+            loss, metric = self._loss_and_metric(out, batch.query_y)
+        return TaskOutput(loss=loss, metric=metric, metric_before=metric_before)
+
+    def _step_sizes(self, params: Params, batch: TaskBatch) -> dict[str, torch.Tensor] | float:
+        if not self.config.learn_inner_lr:
+            return self.config.inner_lr
+        lrs = {name: params[f"inner_lr.{_lr_key(name)}"] for name, _ in self.backbone.named_parameters()}
+        return self._route(lrs, batch)[0]
+
+    def _adapt(
+        self,
+        theta: Params,
+        steps: dict[str, torch.Tensor] | float,
+        taus: Taus,
+        batch: TaskBatch,
+        route: torch.Tensor | None,
+        *,
+        meta: bool,
+        training: bool,
+    ) -> Params:
+        """The inner loop: ``inner_steps`` SGD steps on the support loss, per task, τ held fixed."""
+        tasks = batch.num_tasks
+        cfg = self.config
+        fast = {k: v if route is not None else v.expand(tasks, *v.shape) for k, v in theta.items()}
+        if not meta:
+            fast = {k: v.detach().clone().requires_grad_() for k, v in fast.items()}
+            taus = _detached(taus)
+            if isinstance(steps, dict):
+                steps = {k: v.detach() for k, v in steps.items()}
+        create_graph = meta and not cfg.first_order
+        for _ in range(cfg.inner_steps):
+            with torch.enable_grad():
+                out = self.backbone.run(fast, batch.support_x, taus, route=route, training=training, track=training)
+                support_loss = self._loss_and_metric(out, batch.support_y)[0].sum()
+                grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=create_graph)
+            if cfg.inner_grad_clip is not None:
+                grads = _clip_per_task(grads, cfg.inner_grad_clip)
+            fast = {
+                k: v - (steps[k] if isinstance(steps, dict) else steps) * g
+                for (k, v), g in zip(fast.items(), grads)
+            }
+            if not meta:
+                fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
+        return fast
+
+
+def _detached(taus: Taus) -> Taus:
+    if taus is None:
+        return None
+    return [
+        None
+        if tau is None
+        else LayerModulation(
+            **{f: (None if getattr(tau, f) is None else getattr(tau, f).detach()) for f in ("kernel", "bias", "scale", "shift")}
+        )
+        for tau in taus
+    ]
+
+
+def _clip_per_task(grads: Sequence[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """Rescale each task's inner gradient (all parameters together) to a global norm of at most max_norm."""
+    norm = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
+    factor = (max_norm / (norm + 1e-12)).clamp(max=1.0)
+    return [g * factor.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+
+
+class ProtoNet(MetaLearner):
+    """Prototypical networks (Snell et al. 2017) and their modulated variants MProtoNet and KML.
+
+    Support and query images go through the backbone in one pass per task (as in Snell et al.'s code,
+    so transductive BatchNorm sees both); prototypes are the mean support embedding per class, logits
+    the negative squared Euclidean distance, the loss the query cross-entropy. τ comes from the support
+    set only. With ``transductive``, prototypes are refined once with the query soft labels (one soft
+    k-means step, the KML authors' default): ``p_c = (Σ_S z + Σ_Q softmax(-d)_c z) / (n_c + Σ_Q softmax(-d)_c)``.
+    ``metric_before`` is None: there is no gradient adaptation.
+    """
+
+    def task_outputs(self, params: Params, batch: TaskBatch, *, training: bool = True) -> TaskOutput:
+        """Embed, build prototypes from the support set, and score the query set, for all tasks at once.
+
+        With ``training`` False (evaluation) nothing is kept for a meta-gradient and 'running' BatchNorm
+        uses its running statistics.
+        """
+        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
+            taus = self._taus(params, batch, training=training)
+            theta, route = self._route(_sub(params, "backbone."), batch)
+            n_support = batch.support_x.shape[1]
+            images = torch.cat([batch.support_x, batch.query_x], dim=1)
+            features = self.backbone.run(theta, images, taus, route=route, training=training, track=training)
+            support, query = features[:, :n_support], features[:, n_support:]
+            onehot = F.one_hot(batch.support_y, self.outputs).to(features.dtype)
+            sums, counts = torch.bmm(onehot.transpose(1, 2), support), onehot.sum(1)
+            logits = -_squared_distances(query, sums / counts.clamp(min=1).unsqueeze(-1))
+            if self.config.transductive:
+                soft = torch.softmax(logits, dim=-1)
+                refined = (sums + torch.bmm(soft.transpose(1, 2), query)) / (counts + soft.sum(1)).unsqueeze(-1)
+                logits = -_squared_distances(query, refined)
+            loss, metric = self._loss_and_metric(logits, batch.query_y)
+        return TaskOutput(loss=loss, metric=metric, metric_before=None)
+
+
+def _squared_distances(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``‖q - p‖²`` for ``query`` ``[T, Q, D]`` and ``prototypes`` ``[T, N, D]`` -> ``[T, Q, N]``.
+
+    Expanded as ``‖q‖² - 2 q·p + ‖p‖²`` so that no ``[T, Q, N, D]`` difference tensor is built.
+    """
+    cross = torch.bmm(query, prototypes.transpose(1, 2))
+    return query.pow(2).sum(-1, keepdim=True) - 2.0 * cross + prototypes.pow(2).sum(-1).unsqueeze(1)
+
+
+def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
+    """The learner ``cfg`` describes, sized for ``benchmark`` (its kind, input shape, outputs and modes)."""
+    algorithm = cfg.base_algorithm
+    kind = benchmark.kind
+    copies = len(benchmark.modes) if cfg.per_mode else None
+    backbone: Backbone
+    if kind == "regression":
+        if algorithm != "maml":
+            raise ValueError(
+                f"regression supports the MAML family only; learner '{cfg.learner}' uses {algorithm}"
+                + (" (set base: maml)" if cfg.learner == "kml" else "")
+            )
+        backbone = MLP(
+            benchmark.input_shape[0],
+            cfg.hidden,
+            benchmark.output_dim,
+            bias_transformation=cfg.bias_transformation,
+            copies=copies,
+        )
+    else:
+        backbone = ConvNet(
+            benchmark.input_shape,
+            cfg.channels,
+            downsample=cfg.downsample,
+            norm=cfg.norm,
+            outputs=benchmark.output_dim if algorithm == "maml" else None,
+            copies=copies,
+        )
+    modulation = build_modulation(
+        cfg.resolved_modulation,
+        backbone.layer_shapes,
+        cfg.modulated_layers,
+        cfg.embedding_dim,
+        variant=cfg.kml_variant,
+        rank=cfg.kml_rank,
+    )
+    encoder = None
+    if modulation is not None:
+        encoder = build_encoder(
+            kind,
+            cfg.encoder,
+            benchmark.input_shape,
+            benchmark.output_dim,
+            cfg.embedding_dim,
+            channels=cfg.channels,
+            norm=cfg.norm,
+        )
+    learner_class = MAML if algorithm == "maml" else ProtoNet
+    return learner_class(cfg, backbone, encoder, modulation, kind=kind, outputs=benchmark.output_dim)
+
+
+def reference_loop_outputs(
+    learner: Learner, params: Params, batch: TaskBatch, *, training: bool = True
+) -> TaskOutput:
+    """The same math one task at a time in a Python loop: the baseline for equivalence tests and benches."""
+    outputs = [learner.task_outputs(params, batch.select([i]), training=training) for i in range(batch.num_tasks)]
+    before = [o.metric_before for o in outputs]
+    return TaskOutput(
+        loss=torch.cat([o.loss for o in outputs]),
+        metric=torch.cat([o.metric for o in outputs]),
+        metric_before=None if any(b is None for b in before) else torch.cat(before),  # type: ignore[misc]
+    )

@@ -1,0 +1,353 @@
+"""Backbones evaluated functionally on a whole meta-batch: the regression MLP and the 4-block conv net.
+
+Every parameter a backbone reads from its ``params`` dict is either *shared* by all T tasks (the
+parameter's own shape) or *per task* (a leading T axis: MAML's adapted weights, KML's modulated kernels,
+an oracle's per-mode weights routed to each task). The forward passes handle both without a loop over
+tasks:
+
+- linear layers use ``F.linear`` (shared) or a batched ``baddbmm`` (per task);
+- conv layers run in the *grouped layout* ``[B, T*C, H, W]``: task t owns channels ``t*C .. t*C+C-1``,
+  so a conv with ``groups=T`` applies each task's kernel to its own images only, and BatchNorm on that
+  layout computes statistics per task and channel, as MAML's transductive BN does per task.
+
+A backbone built with ``copies=M`` (the oracle multi_* learners) holds ``M`` independently initialised
+networks stacked on a leading axis; the learner routes them to tasks (``params[mode]``) before the call.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmlo.models.base import Params
+from mmlo.models.modulation import LayerModulation, LayerShape, conv_factors
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+
+def _uniform(shape: Sequence[int], fan_in: int, copies: int | None) -> nn.Parameter:
+    """PyTorch's default Linear/Conv2d initialisation, U(±1/√fan_in), for one or ``copies`` networks."""
+    lead = () if copies is None else (copies,)
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(*lead, *shape).uniform_(-bound, bound))
+
+
+def per_task(param: torch.Tensor, dims: int, tasks: int) -> torch.Tensor:
+    """``param`` as ``[T, *shape]``: shared parameters (``dims`` dimensions) are broadcast over tasks."""
+    return param if param.dim() == dims + 1 else param.expand(tasks, *param.shape)
+
+
+def grouped(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C, H, W]`` -> the grouped layout ``[B, T*C, H, W]``."""
+    tasks, batch, channels = x.shape[:3]
+    return x.transpose(0, 1).reshape(batch, tasks * channels, *x.shape[3:])
+
+
+def ungrouped(h: torch.Tensor, tasks: int) -> torch.Tensor:
+    """The grouped layout ``[B, T*C, H, W]`` -> ``[T, B, C, H, W]``."""
+    return h.view(h.shape[0], tasks, -1, *h.shape[2:]).transpose(0, 1)
+
+
+def task_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``h @ Wᵀ + b`` for ``h`` ``[T, B, in]``, with a shared or per-task weight and bias."""
+    if weight.dim() == 2 and bias.dim() == 1:
+        return F.linear(h, weight, bias)
+    tasks = h.shape[0]
+    return torch.baddbmm(per_task(bias, 1, tasks).unsqueeze(1), h, per_task(weight, 2, tasks).transpose(1, 2))
+
+
+def task_conv2d(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tasks: int, *, stride: int
+) -> torch.Tensor:
+    """A 'same'-padded conv on the grouped layout: each task's kernel sees only its own channels."""
+    w = per_task(weight, 4, tasks)
+    w = w.reshape(tasks * w.shape[1], *w.shape[2:])
+    b = per_task(bias, 1, tasks).reshape(-1)
+    return F.conv2d(h, w, b, stride=stride, padding=w.shape[-1] // 2, groups=tasks)
+
+
+def channel_affine(h: torch.Tensor, tau: LayerModulation | None, *, grouped_layout: bool) -> torch.Tensor:
+    """Apply τ's per-channel ``scale`` and ``shift`` to ``[B, T*C, H, W]`` or ``[T, B, C]`` activations."""
+    if tau is None:
+        return h
+
+    def shaped(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(1, -1, 1, 1) if grouped_layout else v.unsqueeze(1)
+
+    if tau.scale is not None:
+        h = h * shaped(tau.scale)
+    if tau.shift is not None:
+        h = h + shaped(tau.shift)
+    return h
+
+
+def modulated(
+    weight: torch.Tensor, bias: torch.Tensor, tau: LayerModulation | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's parameters after τ's kernel factor and bias shift (per task when modulated)."""
+    if tau is None:
+        return weight, bias
+    if tau.kernel is not None:
+        weight = weight * tau.kernel
+    if tau.bias is not None:
+        bias = bias + tau.bias
+    return weight, bias
+
+
+class ConvBlock(nn.Module):
+    """Parameters (and BN running statistics) of one conv3x3 -> BN block, for one or ``copies`` networks."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str, copies: int | None, kernel: int = 3) -> None:
+        super().__init__()
+        lead = () if copies is None else (copies,)
+        fan_in = c_in * kernel * kernel
+        self.weight = _uniform((c_out, c_in, kernel, kernel), fan_in, copies)
+        self.bias = _uniform((c_out,), fan_in, copies)
+        self.norm = norm
+        if norm != "none":
+            self.bn_weight = nn.Parameter(torch.ones(*lead, c_out))
+            self.bn_bias = nn.Parameter(torch.zeros(*lead, c_out))
+        if norm == "running":
+            self.register_buffer("running_mean", torch.zeros(*lead, c_out))
+            self.register_buffer("running_var", torch.ones(*lead, c_out))
+
+
+def conv_block(
+    block: ConvBlock,
+    params: Params,
+    prefix: str,
+    h: torch.Tensor,
+    tasks: int,
+    tau: LayerModulation | None,
+    *,
+    stride: int,
+    pool: bool,
+    route: torch.Tensor | None,
+    training: bool,
+    track: bool,
+) -> torch.Tensor:
+    """conv -> BN -> modulation -> ReLU (-> 2x2 max-pool) on the grouped layout ``[B, T*C, H, W]``.
+
+    ``route`` (``[T]`` network index per task) selects each task's BN running statistics for stacked
+    oracle networks; ``track`` lets a training pass update those statistics.
+    """
+    weight, bias = modulated(params[f"{prefix}weight"], params[f"{prefix}bias"], tau)
+    h = task_conv2d(h, weight, bias, tasks, stride=stride)
+    if block.norm != "none":
+        h = _task_batch_norm(block, params, prefix, h, tasks, route=route, training=training, track=track)
+    h = F.relu(channel_affine(h, tau, grouped_layout=True))
+    return F.max_pool2d(h, 2) if pool else h
+
+
+def _task_batch_norm(
+    block: ConvBlock,
+    params: Params,
+    prefix: str,
+    h: torch.Tensor,
+    tasks: int,
+    *,
+    route: torch.Tensor | None,
+    training: bool,
+    track: bool,
+) -> torch.Tensor:
+    """BatchNorm with statistics per task and channel ('transductive': always the task's own batch)."""
+    weight = per_task(params[f"{prefix}bn_weight"], 1, tasks).reshape(-1)
+    bias = per_task(params[f"{prefix}bn_bias"], 1, tasks).reshape(-1)
+    if block.norm == "running":
+        mean_buf, var_buf = block.running_mean, block.running_var
+        if not training:
+            mean = (mean_buf[route] if route is not None else mean_buf.expand(tasks, -1)).reshape(-1)
+            var = (var_buf[route] if route is not None else var_buf.expand(tasks, -1)).reshape(-1)
+            return F.batch_norm(h, mean, var, weight, bias, training=False, eps=BN_EPS)
+        if track:
+            with torch.no_grad():
+                _update_running(mean_buf, var_buf, h.detach(), tasks, route)
+    return F.batch_norm(h, None, None, weight, bias, training=True, eps=BN_EPS)
+
+
+def _update_running(
+    mean_buf: torch.Tensor, var_buf: torch.Tensor, h: torch.Tensor, tasks: int, route: torch.Tensor | None
+) -> None:
+    """Move running statistics towards the mean over tasks of each task's batch statistics."""
+    dims = [0, *range(2, h.dim())]
+    mean = h.mean(dims).view(tasks, -1)
+    var = h.var(dims, unbiased=True).view(tasks, -1)
+    if route is None:
+        mean_buf.lerp_(mean.mean(0), BN_MOMENTUM)
+        var_buf.lerp_(var.mean(0), BN_MOMENTUM)
+        return
+    counts = torch.bincount(route, minlength=mean_buf.shape[0]).to(mean.dtype).unsqueeze(1)
+    seen = counts.squeeze(1) > 0
+    for buf, stat in ((mean_buf, mean), (var_buf, var)):
+        target = torch.zeros_like(buf).index_add_(0, route, stat) / counts.clamp(min=1)
+        buf[seen] = torch.lerp(buf[seen], target[seen], BN_MOMENTUM)
+
+
+class LinearLayer(nn.Module):
+    """Weight and bias of one linear layer, for one or ``copies`` networks."""
+
+    def __init__(self, n_in: int, n_out: int, copies: int | None) -> None:
+        super().__init__()
+        self.weight = _uniform((n_out, n_in), n_in, copies)
+        self.bias = _uniform((n_out,), n_in, copies)
+
+
+class Backbone(nn.Module, ABC):
+    """A network θ evaluated functionally on T tasks; ``layer_shapes`` are its modulatable layers."""
+
+    layer_shapes: tuple[LayerShape, ...]
+    #: Width of the output: features (ProtoNet) or ``outputs`` (MAML's classifier / regression head).
+    out_features: int
+
+    @abstractmethod
+    def run(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        taus: Sequence[LayerModulation | None] | None = None,
+        *,
+        route: torch.Tensor | None = None,
+        training: bool = True,
+        track: bool = False,
+    ) -> torch.Tensor:
+        """``x`` ``[T, B, *input_shape]`` -> ``[T, B, out_features]``.
+
+        ``params`` is keyed as this module's ``named_parameters()``, each shared or per task; ``taus`` is
+        τ per modulatable layer; ``route`` the network index of each task (stacked oracle networks);
+        ``training`` False makes 'running' BatchNorm use its running statistics, and ``track`` lets a
+        training pass update them.
+        """
+
+
+class MLP(Backbone):
+    """MMAML's regression network: [x, learned bias transformation] -> hidden layers with ReLU -> output.
+
+    Each hidden layer is linear -> modulation -> ReLU; the bias transformation (Finn & Levine 2018) is a
+    learned vector concatenated to every input, so that MAML can adapt an input-independent bias.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        *,
+        bias_transformation: int = 20,
+        copies: int | None = None,
+    ) -> None:
+        super().__init__()
+        lead = () if copies is None else (copies,)
+        self.bias_size = bias_transformation
+        if bias_transformation:
+            self.bias_transformation = nn.Parameter(torch.zeros(*lead, bias_transformation))
+        widths = [in_features + bias_transformation, *hidden]
+        self.layers = nn.ModuleList(LinearLayer(a, b, copies) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = LinearLayer(widths[-1], out_features, copies)
+        self.out_features = out_features
+        self.layer_shapes = tuple(LayerShape((b, a), (b, a)) for a, b in zip(widths[:-1], widths[1:]))
+
+    def run(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        taus: Sequence[LayerModulation | None] | None = None,
+        *,
+        route: torch.Tensor | None = None,
+        training: bool = True,
+        track: bool = False,
+    ) -> torch.Tensor:
+        tasks, batch = x.shape[:2]
+        h = x
+        if self.bias_size:
+            bt = per_task(params["bias_transformation"], 1, tasks)
+            h = torch.cat([h, bt.unsqueeze(1).expand(tasks, batch, self.bias_size)], dim=-1)
+        for i in range(len(self.layers)):
+            tau = taus[i] if taus is not None else None
+            weight, bias = modulated(params[f"layers.{i}.weight"], params[f"layers.{i}.bias"], tau)
+            h = F.relu(channel_affine(task_linear(h, weight, bias), tau, grouped_layout=False))
+        return task_linear(h, params["head.weight"], params["head.bias"])
+
+
+def conv_output_size(size: int, blocks: int, downsample: str) -> int:
+    """Spatial size after ``blocks`` 'same' 3x3 convs that each halve it (stride 2, or a 2x2 max-pool)."""
+    for _ in range(blocks):
+        size = (size + 1) // 2 if downsample == "stride" else size // 2
+    return size
+
+
+class ConvNet(Backbone):
+    """The 4-block conv backbone of MAML/MMAML/KML: [conv3x3 -> BN -> modulation -> ReLU -> downsample] x n.
+
+    ``downsample`` is 'maxpool' (stride-1 conv then 2x2 max-pool, MAML) or 'stride' (stride-2 conv, the
+    MMAML code). With ``outputs`` set (MAML family) a linear classifier maps the flattened features to
+    ``outputs`` logits; without it (ProtoNet family) the flattened features are the embedding.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        channels: Sequence[int],
+        *,
+        downsample: str = "maxpool",
+        norm: str = "transductive",
+        outputs: int | None = None,
+        copies: int | None = None,
+    ) -> None:
+        super().__init__()
+        if downsample not in ("maxpool", "stride"):
+            raise ValueError(f"unknown downsample '{downsample}'")
+        if norm not in ("transductive", "running", "none"):
+            raise ValueError(f"unknown norm '{norm}'")
+        in_channels, height, width = input_shape
+        widths = [in_channels, *channels]
+        self.blocks = nn.ModuleList(ConvBlock(a, b, norm, copies) for a, b in zip(widths[:-1], widths[1:]))
+        self.stride = 2 if downsample == "stride" else 1
+        self.pool = downsample == "maxpool"
+        side_h = conv_output_size(height, len(channels), downsample)
+        side_w = conv_output_size(width, len(channels), downsample)
+        if side_h < 1 or side_w < 1:
+            raise ValueError(f"{height}x{width} images are too small for {len(channels)} downsampling blocks")
+        self.features = channels[-1] * side_h * side_w
+        self.head = LinearLayer(self.features, outputs, copies) if outputs is not None else None
+        self.out_features = outputs if outputs is not None else self.features
+        self.layer_shapes = tuple(
+            LayerShape((b, a, 3, 3), conv_factors(b, a, 3, first=i == 0))
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
+        )
+
+    def run(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        taus: Sequence[LayerModulation | None] | None = None,
+        *,
+        route: torch.Tensor | None = None,
+        training: bool = True,
+        track: bool = False,
+    ) -> torch.Tensor:
+        tasks, batch = x.shape[:2]
+        h = grouped(x)
+        for i, block in enumerate(self.blocks):
+            h = conv_block(
+                block,
+                params,
+                f"blocks.{i}.",
+                h,
+                tasks,
+                taus[i] if taus is not None else None,
+                stride=self.stride,
+                pool=self.pool,
+                route=route,
+                training=training,
+                track=track,
+            )
+        features = ungrouped(h, tasks).reshape(tasks, batch, -1)
+        if self.head is None:
+            return features
+        return task_linear(features, params["head.weight"], params["head.bias"])
