@@ -121,31 +121,24 @@ def _root(cfg: BenchmarkConfig) -> Path:
     return cfg.root
 
 
-def _check_variant(cfg: BenchmarkConfig, mode: str) -> None:
-    layout = LAYOUTS[mode]
-    if variant(cfg, mode) not in layout.variants:
-        raise ValueError(f"{mode} has no class split {variant(cfg, mode)!r}; it has {layout.variants}")
-
-
 def prepare(cfg: BenchmarkConfig, progress: Progress | None = None) -> dict[str, dict[str, int]]:
     """Decode and resize every mode's images into the cache, once; return the class counts per mode and split.
 
-    Modes already in the cache are not read again. Run by ``mmlo data prepare``, never inside a trial.
+    Splits already in the cache are not read again. Every mode that needs reading is checked for its files
+    before any is decoded, so a missing dataset fails at once. Run by ``mmlo data prepare``, never in a trial.
     """
     root = _root(cfg)
-    counts: dict[str, dict[str, int]] = {}
-    for mode in modes_of(cfg):
-        _check_variant(cfg, mode)
-        layout = LAYOUTS[mode]
-        layout.require(root)
-        target = _mode_cache(cfg, mode)
-        counts[mode] = {}
-        for split in SPLITS:
-            meta_path = target / f"{split}.json"
-            if not meta_path.is_file():
-                _write_split(layout, root, variant(cfg, mode), split, image_size(cfg), target, progress)
-            counts[mode][split] = len(json.loads(meta_path.read_text())["class_names"])
-    return counts
+    todo = {
+        mode: [s for s in SPLITS if not (_mode_cache(cfg, mode) / f"{s}.json").is_file()] for mode in modes_of(cfg)
+    }
+    for mode, splits in todo.items():
+        if splits:
+            LAYOUTS[mode].require(root)
+    size = image_size(cfg)
+    for mode, splits in todo.items():
+        for split in splits:
+            _write_split(LAYOUTS[mode], root, variant(cfg, mode), split, size, _mode_cache(cfg, mode), progress)
+    return {mode: {s: len(m["class_names"]) for s, m in _load_meta(cfg, mode).items()} for mode in modes_of(cfg)}
 
 
 def _write_split(
@@ -190,16 +183,18 @@ def _write_split(
 
 
 def _load_meta(cfg: BenchmarkConfig, mode: str) -> dict[str, dict]:
-    """The cached metadata of every split of ``mode``, or DataMissingError saying how to create it."""
+    """The cached metadata of every split of ``mode``, or DataMissingError saying how to create it.
+
+    Only the cache is needed once it exists: workers can train without the raw dataset files.
+    """
     root = _root(cfg)
-    _check_variant(cfg, mode)
     layout = LAYOUTS[mode]
-    layout.require(root)
     target = _mode_cache(cfg, mode)
     metas = {}
     for split in SPLITS:
         path = target / f"{split}.json"
         if not path.is_file():
+            layout.require(root)
             raise DataMissingError(
                 f"{layout.title} is on disk under {root} but not prepared at {image_size(cfg)}px: run "
                 f"`mmlo data prepare {cfg.name} --root {root}` (or `mmlo data prepare {cfg.name} --study STUDY.yaml`) "

@@ -233,7 +233,7 @@ def _missing_miniimagenet(root: Path) -> list[str]:
     base = root / MINIIMAGENET_DIR
     if miniimagenet_format(base) is not None:
         return []
-    return [f"{MINIIMAGENET_DIR}/ (one of the layouts above)"]
+    return [f"{MINIIMAGENET_DIR}/ in one of the expected layouts"]
 
 
 # CIFAR-100: FC100 and CIFAR-FS -------------------------------------------------------------------------

@@ -444,3 +444,19 @@ def test_registry_agrees_with_compositions(tmp_path: Path) -> None:
     cfg = _cfg("folder", root, tmp_path)
     real.prepare(cfg)
     assert get_benchmark(cfg).fingerprint() == real.build(cfg).fingerprint()
+
+
+def test_prepared_cache_needs_no_raw_files_and_missing_modes_fail_first(tmp_path: Path) -> None:
+    # Once prepared, build() works without the raw dataset (workers need only the cache); prepare of a
+    # composition with one missing dataset fails before decoding any other.
+    root = tmp_path / "data"
+    _mini_fixture(root, "cache-pickle")
+    cfg = _cfg("miniimagenet", root, tmp_path)
+    real.prepare(cfg)
+    for path in (root / "miniimagenet").iterdir():
+        path.unlink()
+    assert real.build(cfg).bank("miniimagenet", "val").num_classes == 2
+    _mini_fixture(tmp_path / "data2", "cache-pickle")
+    with pytest.raises(DataMissingError, match="cifar-100-python"):
+        real.prepare(_cfg("mm2b", tmp_path / "data2", tmp_path))
+    assert len(list((tmp_path / "cache" / "real" / "miniimagenet").glob("*/train.npy"))) == 1
