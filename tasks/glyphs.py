@@ -1,0 +1,94 @@
+"""The ``glyphs`` mode of offline4: letters of many Unicode scripts, drawn as Omniglot draws characters.
+
+A class is one letter (key ``<script>-<code point hex>``, e.g. ``Latn-0041``); its samples vary the font
+design (every installed font of fonts-noto-core, fonts-unifont, fonts-freefont-ttf and fonts-dejavu-core
+that covers the letter, as listed in the committed index), the pen width (a 3x3 min or max filter at 64 px),
+a random affine pose and an elastic warp. Images are dark ink on white, one grey channel (the episode
+sampler tiles it to RGB).
+
+Index table (``table``): ``fonts``, a list of ``[Debian path, package]``, and ``packages``, the Debian
+package versions the index was built from. Class entry: the list of font ids that draw the letter.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from mmlo.tasks.raster import downsample, elastic_warp, fit_to_frame, random_affine, sample_rng
+from mmlo.tasks.sources import Source, apt_install, locate_font
+
+MODE = "glyphs"
+CHANNELS = 1
+#: Pixel size letters are drawn at before being framed: large enough that framing only ever shrinks them.
+FONT_SIZE = 80
+#: A thinner pen is skipped when it would erase more than this share of a thin font's ink.
+_MIN_INK_KEPT = 0.4
+
+
+def sources(table: Mapping[str, Any]) -> list[Source]:
+    """One source per Debian font package the index uses; missing font files are listed by name."""
+    by_package: dict[str, list[str]] = {}
+    for path, package in table["fonts"]:
+        by_package.setdefault(package, [])
+        if locate_font(path) is None:
+            by_package[package].append(path.rsplit("/", 1)[-1])
+    out = []
+    for package, missing in sorted(by_package.items()):
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        detail = f"{len(missing)} font files not found ({shown})" if missing else ""
+        out.append(Source(f"Debian package {package}", not missing, apt_install([package]), detail))
+    return out
+
+
+def letter(key: str) -> str:
+    """The character of class ``key`` (``Latn-0041`` -> ``A``)."""
+    return chr(int(key.rsplit("-", 1)[1], 16))
+
+
+@functools.lru_cache(maxsize=64)
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    located = locate_font(path)
+    if located is None:
+        raise FileNotFoundError(path)
+    return ImageFont.truetype(str(located), size, layout_engine=ImageFont.Layout.BASIC)
+
+
+@functools.lru_cache(maxsize=512)
+def draw_letter(path: str, char: str, size: int = FONT_SIZE) -> Image.Image:
+    """The letter's ink (white on black, L mode) in one font, cropped to its box; empty if the font draws
+    nothing for it."""
+    font = _font(path, size)
+    left, top, right, bottom = font.getbbox(char)
+    canvas = Image.new("L", (max(1, right - left) + 4, max(1, bottom - top) + 4), 0)
+    ImageDraw.Draw(canvas).text((2 - left, 2 - top), char, font=font, fill=255)
+    return canvas
+
+
+def render_sample(table: Mapping[str, Any], key: str, fonts: Sequence[int], index: int) -> Image.Image:
+    """Sample ``index`` of letter ``key`` at the 64 px working size, dark ink on white (L mode)."""
+    rng = sample_rng(MODE, key, index)
+    path = table["fonts"][int(fonts[int(rng.integers(len(fonts)))])][0]
+    ink = fit_to_frame(draw_letter(path, letter(key)), rng)
+    pen = int(rng.integers(3))
+    if pen == 0:
+        thinner = ink.filter(ImageFilter.MinFilter(3))
+        if np.asarray(thinner).sum() >= _MIN_INK_KEPT * np.asarray(ink).sum():
+            ink = thinner
+    elif pen == 2:
+        ink = ink.filter(ImageFilter.MaxFilter(3))
+    ink = random_affine(ink, rng)
+    warped = elastic_warp(np.asarray(ink, dtype=np.float32), rng)
+    return Image.fromarray((255.0 - np.clip(warped, 0.0, 255.0)).round().astype(np.uint8), mode="L")
+
+
+def render_class(table: Mapping[str, Any], key: str, entry: Any, samples: int, size: int) -> np.ndarray:
+    """``samples`` images of letter ``key`` as uint8 ``[samples, size, size, 1]``."""
+    out = np.empty((samples, size, size, 1), dtype=np.uint8)
+    for i in range(samples):
+        out[i, :, :, 0] = downsample(render_sample(table, key, entry, i), size)
+    return out

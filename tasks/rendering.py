@@ -1,0 +1,106 @@
+"""Rendering many classes of one offline4 mode, on every CPU core, with a progress callback.
+
+Each mode is a module (``glyphs``, ``emoji``, ``icons``, ``textures``) with the same four names: ``MODE``,
+``CHANNELS``, ``sources(table)`` and ``render_class(table, key, entry, samples, size)``. Classes are
+rendered independently (each sample is seeded by its mode, class key and index), so splitting them over
+processes gives the same pixels as one loop. This module imports no torch: spawned workers start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+#: ``progress(label, done, total)``: called as classes are rendered (``done`` counts images).
+Progress = Callable[[str, int, int], None]
+
+MODE_MODULES: dict[str, str] = {
+    "glyphs": "mmlo.tasks.glyphs",
+    "emoji": "mmlo.tasks.emoji",
+    "icons": "mmlo.tasks.icons",
+    "textures": "mmlo.tasks.textures",
+}
+#: Below this many images a worker pool costs more than it saves.
+PARALLEL_MIN_IMAGES = 2000
+#: Classes per work item: small enough for a smooth progress bar, large enough to amortise the transfer.
+CHUNK_CLASSES = 16
+
+
+def mode_module(mode: str) -> ModuleType:
+    """The renderer module of ``mode``."""
+    try:
+        return importlib.import_module(MODE_MODULES[mode])
+    except KeyError:
+        raise ValueError(f"unknown offline4 mode {mode!r}; modes: {', '.join(MODE_MODULES)}") from None
+
+
+def default_workers() -> int:
+    """Processes to render with: ``$MMLO_RENDER_WORKERS``, else every CPU this process may use."""
+    env = os.environ.get("MMLO_RENDER_WORKERS")
+    return max(1, int(env)) if env else len(os.sched_getaffinity(0))
+
+
+_worker_table: Mapping[str, Any] = {}
+
+
+def _init_worker(table: Mapping[str, Any]) -> None:
+    global _worker_table
+    _worker_table = table
+
+
+Job = tuple[str, Sequence[tuple[str, Any]], int, int]
+
+
+def _render_chunk(table: Mapping[str, Any], job: Job) -> np.ndarray:
+    mode, classes, samples, size = job
+    module = mode_module(mode)
+    return np.concatenate([module.render_class(table, key, entry, samples, size) for key, entry in classes])
+
+
+def _render_chunk_in_worker(job: Job) -> np.ndarray:
+    return _render_chunk(_worker_table, job)
+
+
+def render_classes(
+    mode: str,
+    table: Mapping[str, Any],
+    classes: Sequence[tuple[str, Any]],
+    samples: int,
+    size: int,
+    *,
+    progress: Progress | None = None,
+    label: str = "",
+    workers: int | None = None,
+) -> np.ndarray:
+    """``samples`` images of each ``(key, entry)`` class, class-major: uint8 ``[n * samples, size, size, C]``."""
+    module = mode_module(mode)
+    total = len(classes) * samples
+    out = np.empty((total, size, size, module.CHANNELS), dtype=np.uint8)
+    jobs = [(mode, classes[i : i + CHUNK_CLASSES], samples, size) for i in range(0, len(classes), CHUNK_CLASSES)]
+    workers = min(default_workers() if workers is None else workers, len(jobs))
+    done = 0
+    if progress is not None:
+        progress(label, 0, total)
+    for chunk in _run(jobs, table, workers if total >= PARALLEL_MIN_IMAGES else 1):
+        out[done : done + len(chunk)] = chunk
+        done += len(chunk)
+        if progress is not None:
+            progress(label, done, total)
+    return out
+
+
+def _run(jobs: list[Job], table: Mapping[str, Any], workers: int) -> Iterator[np.ndarray]:
+    if workers <= 1:
+        yield from (_render_chunk(table, job) for job in jobs)
+        return
+    # spawn, not fork: the caller may hold torch's thread pools or Ray's threads, which a fork would copy
+    # mid-flight; this module and the renderers import no torch, so a spawned worker is ready in a second.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(table,)) as pool:
+        yield from pool.imap(_render_chunk_in_worker, jobs)
