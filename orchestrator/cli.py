@@ -63,11 +63,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _guard(fn: Callable[[], T]) -> T:
     """Run a command body; user errors become one message and exit code 2."""
+    from mmlo.reports.errors import ReportError
     from mmlo.tasks.errors import DataMissingError
 
     try:
         return fn()
-    except (UserError, DataMissingError) as err:
+    except (UserError, DataMissingError, ReportError) as err:
         if _state["debug"]:
             raise
         raise _fail(str(err)) from None
