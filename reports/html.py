@@ -1,0 +1,657 @@
+"""The offline HTML ablation report of a run directory (``mmlo report RUN_DIR``).
+
+One self-contained file: the Vega, Vega-Lite and vega-embed JavaScript comes from vl-convert and is inlined
+once for the whole page, chart specs travel as one JSON block, styles are inline; nothing is fetched, so
+the file opens offline, in e-mail, or years later. Sections follow issue 6's order, each opening with a
+one-line caption that says how to read it. ``png_dir`` also writes every chart as a PNG (vl-convert).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import polars as pl
+
+from mmlo.reports import charts, tables
+from mmlo.reports.errors import ReportError
+from mmlo.reports.rundir import TABLE_PHASES, RunData, load_run
+from mmlo.reports.tables import OVERALL
+
+#: Vega-Lite version of the specs altair writes, e.g. "6.4"; vl-convert bundles the matching library.
+VEGALITE_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+
+_EMBED_SCRIPT = """
+(function () {
+  var specs = JSON.parse(document.getElementById("mmlo-specs").textContent);
+  var ids = Object.keys(specs);
+  var options = {renderer: "svg", actions: {export: true, source: false, compiled: false, editor: false}};
+  Promise.all(ids.map(function (id) {
+    return vegaEmbed("#" + id, specs[id], options).catch(function (err) {
+      var el = document.getElementById(id);
+      el.className += " chart-error";
+      el.textContent = "This chart could not be drawn: " + err;
+      window.mmloError("chart " + id + ": " + err);
+    });
+  })).then(function () { document.documentElement.setAttribute("data-charts-done", String(ids.length)); });
+})();
+"""
+
+_ERROR_SCRIPT = """
+window.mmloErrors = [];
+window.mmloError = function (message) {
+  window.mmloErrors.push(String(message));
+  document.documentElement.setAttribute("data-js-errors", String(window.mmloErrors.length));
+  var box = document.getElementById("mmlo-js-errors");
+  if (box) { box.hidden = false; box.textContent = window.mmloErrors.join("\\n"); }
+};
+window.addEventListener("error", function (e) { window.mmloError(e.message || e); });
+window.addEventListener("unhandledrejection", function (e) { window.mmloError(e.reason || e); });
+"""
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "DejaVu Sans", sans-serif;
+       color: #222; background: #fff; margin: 0; }
+main { max-width: 1160px; margin: 0 auto; padding: 20px 20px 60px; }
+h1 { font-size: 26px; margin: 8px 0 4px; }
+h2 { font-size: 20px; margin: 36px 0 4px; padding-top: 10px; border-top: 1px solid #e3e3e3; }
+h3 { font-size: 16px; margin: 22px 0 4px; }
+p.caption { color: #555; margin: 2px 0 12px; }
+p.note { color: #666; font-style: italic; }
+nav { margin: 10px 0 0; font-size: 14px; }
+nav a { margin-right: 12px; color: #2a5d9f; text-decoration: none; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+th, td { border: 1px solid #ddd; padding: 5px 9px; vertical-align: top; text-align: right; }
+th { background: #f4f5f7; font-weight: 600; text-align: center; }
+td.name, th.name { text-align: left; }
+td.best { background: #e3f1e0; }
+td.best .main { font-weight: 700; }
+.sub { display: block; font-size: 12px; color: #666; white-space: nowrap; }
+.better { color: #1d7a35; font-weight: 600; }
+.worse { color: #b3261e; font-weight: 600; }
+.main { white-space: nowrap; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; margin: 12px 0; }
+dl.facts dt { color: #555; }
+dl.facts dd { margin: 0; }
+code { background: #f4f5f7; padding: 1px 4px; border-radius: 3px; font-size: 13px; }
+.chart { margin: 6px 0 18px; min-height: 40px; max-width: 100%; overflow-x: auto; }
+.chart-error, #mmlo-js-errors { color: #b3261e; background: #fdeceb; padding: 8px; white-space: pre-wrap; }
+.tag { display: inline-block; font-size: 12px; padding: 0 6px; border-radius: 8px; background: #fde7cf; }
+.tag.failed { background: #fdeceb; }
+"""
+
+
+@dataclass
+class Section:
+    """One ``<section>``: a heading, a one-line caption, then blocks (HTML strings or charts) in order."""
+
+    anchor: str
+    title: str
+    caption: str
+    blocks: list[str | tuple[str, alt.TopLevelMixin]] = field(default_factory=list)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _lookup(data: Mapping[str, Any], *paths: str) -> Any:
+    """First non-empty value among dotted ``paths`` (provenance records nest some facts)."""
+    for path in paths:
+        node: Any = data
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if node not in (None, "", {}, []):
+            return node
+    return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+class _Numbers:
+    """Formats metric values with one precision per report: accuracy in percent with 2 decimals, MSE with
+    three significant digits of the largest value, so a column of numbers lines up."""
+
+    def __init__(self, metric_name: str, values: Iterable[float | None]):
+        self.percent = metric_name == "accuracy"
+        finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
+        largest = max(finite, default=1.0) or 1.0
+        self.decimals = 2 if self.percent else min(max(2 - math.floor(math.log10(largest)), 1), 6)
+        self.unit = "accuracy (%)" if self.percent else metric_name
+
+    def __call__(self, value: float | None, signed: bool = False) -> str:
+        if value is None or not math.isfinite(value):
+            return "–"
+        scaled = value * 100 if self.percent else value
+        return f"{scaled:+.{self.decimals}f}" if signed else f"{scaled:.{self.decimals}f}"
+
+    def interval(self, mean: float | None, half: float | None, signed: bool = False) -> str:
+        text = self(mean, signed)
+        return text if half is None or not math.isfinite(half) else f"{text} ± {self(half)}"
+
+
+def _html_table(frame: pl.DataFrame, headers: Mapping[str, str], formats: Mapping[str, Any] | None = None) -> str:
+    """A plain table: ``headers`` maps column -> header text; ``formats`` column -> value formatter."""
+    formats = formats or {}
+    head = "".join(f'<th class="{"name" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(headers.values()))
+    rows = []
+    for record in frame.iter_rows(named=True):
+        cells = []
+        for i, column in enumerate(headers):
+            value = record.get(column)
+            text = formats[column](value) if column in formats else ("–" if value is None else _e(value))
+            cells.append(f'<td class="{"name" if i == 0 else ""}">{text}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _count(value: Any) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
+def _header(run: RunData) -> str:
+    spec, prov = run.spec, run.provenance
+    bench = spec.get("benchmark") or {}
+    budget = spec.get("budget") or {}
+    facts: list[tuple[str, str]] = []
+    if spec.get("description"):
+        facts.append(("description", _e(spec["description"])))
+    facts.append(("benchmark", f"{_e(bench.get('name', '?'))}: {_e(', '.join(run.modes))} ({len(run.modes)} modes)"))
+    if run.metric_name == "accuracy":
+        task = f"{bench.get('ways', '?')}-way {bench.get('shots', '?')}-shot, {bench.get('query', '?')} query per class"
+        if bench.get("image_size"):
+            task += f", {bench['image_size']}×{bench['image_size']} px"
+    else:
+        task = f"{bench.get('shots', '?')} support and {bench.get('query', '?')} query points per task"
+    facts.append(("tasks", _e(task)))
+    if budget:
+        facts.append(
+            (
+                "budget",
+                _e(
+                    f"{budget.get('iterations', '?')} meta-training iterations; validation every "
+                    f"{budget.get('val_interval', '?')} on {budget.get('val_episodes', '?')} episodes per mode; "
+                    f"test on {budget.get('eval_episodes', '?')} fixed episodes per mode"
+                ),
+            )
+        )
+    seeds = spec.get("seeds") or _lookup(prov, "seeds")
+    facts.append(("seeds", _e(", ".join(str(s) for s in seeds or [])) + f" (episode seed {_e(spec.get('eval_seed', '?'))})"))
+    if run.baseline:
+        facts.append(("baseline arm", _e(run.baseline)))
+    started = _lookup(prov, "started", "started_at", "start_time")
+    finished = _lookup(prov, "finished", "finished_at", "end_time")
+    if started or finished:
+        facts.append(("date", _e(f"{started or '?'} → {finished or 'not finished'}")))
+    else:
+        stamp = datetime.fromtimestamp((run.run_dir / "trials.parquet").stat().st_mtime, tz=timezone.utc)
+        facts.append(("date", _e(f"results written {stamp:%Y-%m-%d %H:%M} UTC")))
+    wall = _lookup(prov, "wall_seconds", "wall_s", "duration_s")
+    if wall is not None:
+        facts.append(("total wall time", _e(_duration(wall))))
+    else:
+        total = run.trials["wall_seconds"].sum()
+        facts.append(("total wall time", _e(f"{_duration(total)} (sum over trials; the study recorded no total)")))
+    commit = _lookup(prov, "git.commit", "git_commit", "commit")
+    dirty = _lookup(prov, "git.dirty", "git_dirty", "dirty")
+    if commit:
+        facts.append(("git commit", f"<code>{_e(commit)}</code>" + (" (uncommitted changes)" if dirty else "")))
+    packages = _lookup(prov, "packages", "package_versions", "versions")
+    if isinstance(packages, Mapping):
+        facts.append(("packages", " · ".join(f"{_e(k)} {_e(v)}" for k, v in packages.items())))
+    fingerprint = _lookup(prov, "benchmark.fingerprint", "benchmark_fingerprint")
+    if fingerprint:
+        facts.append(("benchmark fingerprint", f"<code>{_e(fingerprint)}</code>"))
+    machine = _lookup(prov, "machine")
+    if machine:
+        text = ", ".join(f"{k} {v}" for k, v in machine.items()) if isinstance(machine, Mapping) else str(machine)
+        facts.append(("machine", _e(text)))
+    dashboards = []
+    ray_url = _lookup(prov, "ray.dashboard_url", "ray_dashboard_url", "dashboard_url", "ray_dashboard")
+    if isinstance(ray_url, str) and ray_url.startswith(("http://", "https://")):
+        dashboards.append(f'Ray dashboard (while the study ran): <a href="{_e(ray_url)}">{_e(ray_url)}</a>')
+    journal = run.run_dir / "optuna.journal"
+    if journal.exists():
+        dashboards.append(f"Optuna: <code>optuna-dashboard {_e(journal)}</code> (needs <code>pip install 'mmlo[dashboard]'</code>)")
+    if dashboards:
+        facts.append(("dashboards", "<br>".join(dashboards)))
+    facts.append(("trials", _state_summary(run)))
+    rows = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
+    return f'<h1>Study {_e(run.study_name)}</h1><dl class="facts">{rows}</dl>'
+
+
+def _state_summary(run: RunData) -> str:
+    counts = tables.state_counts(run.trials)
+    parts = []
+    for phase in counts["phase"].unique(maintain_order=True).to_list():
+        states = counts.filter(pl.col("phase") == phase)
+        text = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in zip(states["state"], states["n"], strict=True))
+        parts.append(f"{_e(phase)}: {_e(text)}")
+    failed = tables.failed_trials(run.trials)
+    if failed.height:
+        reasons = failed.group_by("failure_reason").agg(n=pl.len()).sort("n", descending=True)
+        listed = "; ".join(
+            f"{n}× {_e(_short(r))}" for r, n in zip(reasons["failure_reason"], reasons["n"], strict=True)
+        )
+        parts.append(f'<span class="worse">failures</span>: {listed} (<a href="#failures">details</a>)')
+    return "<br>".join(parts)
+
+
+def _short(reason: str | None, limit: int = 160) -> str:
+    text = (reason or "no reason recorded").strip().splitlines()[0] if reason else "no reason recorded"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ablation_html(table: pl.DataFrame, run: RunData, numbers: _Numbers) -> str:
+    columns = [*run.modes, OVERALL]
+    head = '<th class="name">arm</th>' + "".join(f"<th>{_e('all modes' if m == OVERALL else m)}</th>" for m in columns)
+    cells = {(r["arm"], r["mode"]): r for r in table.iter_rows(named=True)}
+    body = []
+    for arm in [a for a in run.arms if any((a, m) in cells for m in columns)]:
+        label = _e(arm) + (' <span class="tag">baseline</span>' if arm == run.baseline else "")
+        row = [f'<td class="name">{label}</td>']
+        for mode in columns:
+            r = cells.get((arm, mode))
+            if r is None:
+                row.append("<td>–</td>")
+                continue
+            lines = [f'<span class="main">{numbers.interval(r["mean"], r["ci95"])}</span>']
+            seeds = numbers.interval(r["seed_mean"], r["seed_ci95"])
+            lines.append(f'<span class="sub">seeds (k={r["n_seeds"]}): {seeds}</span>')
+            if r["diff"] is not None:
+                lines.append(_diff_html(r, run.higher_is_better, numbers))
+            css = "best" if r["best"] else ""
+            row.append(f'<td class="{css}">{"".join(lines)}</td>')
+        body.append("<tr>" + "".join(row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _diff_html(row: Mapping[str, Any], higher_is_better: bool, numbers: _Numbers) -> str:
+    diff, half = row["diff"], row["diff_ci95"]
+    text = f"Δ {numbers.interval(diff, half, signed=True)}"
+    css = ""
+    if half is not None and math.isfinite(half) and abs(diff) > half:
+        css = "better" if (diff > 0) == higher_is_better else "worse"
+    return f'<span class="sub {css}" title="paired over {row["n_paired"]} shared episodes">{text}</span>'
+
+
+def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section], pl.DataFrame | None]:
+    episodes = run.table_episodes()
+    unit = "accuracy in %" if run.metric_name == "accuracy" else "MSE"
+    direction = "higher is better" if run.higher_is_better else "lower is better"
+    table_section = Section(
+        "ablation",
+        "Ablation table",
+        f"Each cell: test {unit} ({direction}), mean ± 95 % CI over the shared test episodes (seed-averaged); "
+        f"below it mean ± t-interval over the training seeds, and Δ, the paired difference to the baseline "
+        f"arm with its 95 % CI (green: better beyond the CI, red: worse). Shaded: best in its column.",
+    )
+    bars_section = Section(
+        "modes",
+        "Per-mode results",
+        "Bars: mean test metric per mode, one colour per arm; black lines: 95 % CI over episodes; "
+        + ("dashed line: chance (1/ways)." if style.chance is not None else "compare bar heights within a mode."),
+    )
+    if episodes is None:
+        note = '<p class="note">No test episodes were recorded for the ablation arms (every trial failed or none ran).</p>'
+        table_section.blocks.append(note)
+        return [table_section], None
+    table = tables.ablation_table(
+        episodes, arms=run.arms, modes=run.modes, baseline=run.baseline, higher_is_better=run.higher_is_better
+    )
+    numbers = _Numbers(run.metric_name, table["mean"].to_list())
+    table_section.blocks.append(_ablation_html(table, run, numbers))
+    bars_section.blocks.append(("mode-bars", charts.mode_bars(table, style)))
+    adaptation = tables.adaptation_table(episodes, arms=run.arms, modes=run.modes)
+    if adaptation.height:
+        bars_section.blocks.append(
+            '<h3>Before vs after adaptation</h3><p class="caption">Hollow circle: the metric of the meta-learned '
+            "initialisation on the query set before any inner-loop step; triangle: after adaptation on the "
+            "support set. Arms without a pre-adaptation value (ProtoNet family) are not shown.</p>"
+        )
+        bars_section.blocks.append(("adaptation", charts.adaptation_chart(adaptation, style)))
+    return [table_section, bars_section], table
+
+
+def _curves_section(run: RunData, style: charts.Style) -> Section:
+    section = Section(
+        "curves",
+        "Learning curves",
+        "Validation metric on fixed validation episodes during meta-training; line: mean over seeds, shaded "
+        "band: lowest to highest seed; one panel per mode, first all modes together (y axes differ per panel).",
+    )
+    progress = run.progress.filter(pl.col("phase").is_in(TABLE_PHASES)) if run.progress is not None else None
+    if progress is None or progress.height == 0:
+        section.blocks.append('<p class="note">No validation reports were recorded for the ablation arms.</p>')
+        return section
+    curves = tables.learning_curves(progress, arms=run.arms, modes=run.modes)
+    section.blocks.append(("learning-curves", charts.learning_curves_chart(curves, style)))
+    return section
+
+
+def _cost_section(run: RunData, style: charts.Style, table: pl.DataFrame | None) -> Section:
+    section = Section(
+        "cost",
+        "Cost of each arm",
+        "Parameters of the backbone, task encoder and modulation generator; mean seconds per meta-training "
+        "iteration; largest peak memory over seeds; and the overall test metric against total parameters "
+        "(error bars: t-interval over seeds).",
+    )
+    trials = run.trials.filter(pl.col("phase").is_in(TABLE_PHASES))
+    empty = pl.DataFrame(schema={"arm": pl.String, "mode": pl.String, "seed_mean": pl.Float64, "seed_ci95": pl.Float64, "ci95": pl.Float64})
+    costs = tables.arm_costs(trials, table if table is not None else empty, arms=run.arms)
+    if costs.height == 0:
+        section.blocks.append('<p class="note">No ablation trial finished, so there are no costs to show.</p>')
+        return section
+    numbers = _Numbers(run.metric_name, costs["metric"].to_list())
+    shown = costs.with_columns(
+        metric_text=pl.Series(
+            [numbers.interval(m, h) for m, h in zip(costs["metric"], costs["metric_ci95"], strict=True)]
+        )
+    )
+    section.blocks.append(
+        _html_table(
+            shown,
+            {
+                "arm": "arm",
+                "params_backbone": "backbone",
+                "params_encoder": "encoder",
+                "params_generator": "generator",
+                "params_total": "total parameters",
+                "seconds_per_iteration": "s / iteration",
+                "peak_memory_mb": "peak memory (MB)",
+                "wall_seconds": "wall time per trial",
+                "metric_text": f"test {numbers.unit} (all modes, over seeds)",
+            },
+            {
+                "params_backbone": _count,
+                "params_encoder": _count,
+                "params_generator": _count,
+                "params_total": _count,
+                "seconds_per_iteration": lambda v: "–" if v is None else f"{v:.3g}",
+                "peak_memory_mb": lambda v: "–" if v is None else f"{v:,.0f}",
+                "wall_seconds": lambda v: "–" if v is None else _duration(v),
+            },
+        )
+    )
+    section.blocks.append(("parameters", charts.parameters_chart(tables.parameter_components(costs, arms=run.arms), style)))
+    section.blocks.append(("speed-memory", charts.speed_memory_chart(costs, style)))
+    if costs["metric"].drop_nulls().len():
+        section.blocks.append(("metric-vs-parameters", charts.metric_vs_parameters(costs, style)))
+    return section
+
+
+def _search_section(run: RunData, style: charts.Style) -> Section | None:
+    search = tables.search_trials(run.trials)
+    if search.height == 0:
+        return None
+    space = (run.spec.get("search") or {}).get("space") or {}
+    params = run.search_params()
+    section = Section(
+        "search",
+        "Optuna search",
+        "Each point is one search trial's final validation metric; only trials that ran their full budget "
+        "compete for the best (trials stopped early by ASHA are shown but never ranked against them; "
+        "failed trials are listed under Failures); below: which parameters mattered, every trial's path "
+        "through the space, and the best configurations.",
+    )
+    history = tables.optimisation_history(run.trials, higher_is_better=run.higher_is_better)
+    section.blocks.append(("search-history", charts.history_chart(history, style)))
+    importance, iteration = tables.search_importance(run.trials, run.progress, space)
+    usable = importance.filter(pl.col("n_trials") >= 3)
+    when = (
+        f"measured at iteration {iteration}, the last validation every trial reached"
+        if iteration is not None
+        else "final values of the full-budget trials"
+    )
+    section.blocks.append(
+        '<h3>Parameter importance</h3><p class="caption">Share of the variance of the validation '
+        f"{_e(run.metric_name)} ({_e(when)}) that each parameter explains on its own (adjusted correlation "
+        "ratio ε²: 0 = no detectable effect, 1 = explains everything; a conditional parameter counts only "
+        "the trials that sampled it). With few trials these are rough.</p>"
+    )
+    if usable.height:
+        section.blocks.append(("search-importance", charts.importance_chart(usable)))
+    else:
+        section.blocks.append('<p class="note">Too few trials (fewer than 3 per parameter) to estimate importances.</p>')
+    lines, labels = tables.parallel_coordinates(run.trials, space, metric_label=run.metric_name)
+    if lines.height:
+        section.blocks.append(
+            '<h3>Parallel coordinates</h3><p class="caption">One line per trial through its parameter values '
+            "(numeric axes span the search range, log-scaled where searched so), ending at its validation "
+            "metric; colour: validation metric (yellow is best); dashed: stopped early.</p>"
+        )
+        axes = [p for p in params if p in set(lines["axis"].to_list())] + [run.metric_name]
+        section.blocks.append(("search-parallel", charts.parallel_chart(lines, labels, style, axes)))
+    best = tables.best_configurations(run.trials, params, higher_is_better=run.higher_is_better)
+    section.blocks.append(
+        '<h3>Best configurations</h3><p class="caption">Full-budget trials ranked by validation metric; '
+        "early-stopped trials follow unranked, marked with the iterations they ran.</p>"
+    )
+    numbers = _Numbers(run.metric_name, best["val_metric"].to_list())
+    headers = {"rank": "rank", "trial_id": "trial", **{p: p for p in params}, "val_metric": f"validation {numbers.unit}", "state": "state"}
+    formats: dict[str, Any] = {
+        "rank": lambda v: "–" if v is None else str(v),
+        "val_metric": numbers,
+    }
+    shown = best.with_columns(
+        state=pl.when(pl.col("state") == "stopped_early")
+        .then(pl.format("stopped early ({}/{} iterations)", "iterations_done", "budget_iterations"))
+        .otherwise(pl.format("{} ({}/{} iterations)", "state", "iterations_done", "budget_iterations"))
+    )
+    formats["state"] = lambda v: f'<span class="tag">{_e(v)}</span>' if str(v).startswith("stopped") else _e(v)
+    section.blocks.append(_html_table(shown.with_columns(pl.col(p).cast(pl.String) for p in params), {"rank": "rank", **{k: v for k, v in headers.items() if k != "rank"}}, formats))
+    return section
+
+
+def _transference_section(run: RunData, style: charts.Style) -> Section | None:
+    if run.transference is None:
+        return None
+    section = Section(
+        "transference",
+        "Task-level transference",
+        "LR = target query loss after one look-ahead SGD step on a source task's meta-loss, divided by the "
+        "loss before it (KML §4): LR < 1 means the source task helps the target (positive), > 1 hurts "
+        "(negative), within the recorded neutral band of 1 it is neutral.",
+    )
+    tr = run.transference
+    shares = tables.transference_shares(tr, arms=run.arms)
+    transfer_arms = [a for a in run.arms if a in set(tr["arm"].to_list())] + [
+        a for a in tr["arm"].unique(maintain_order=True).to_list() if a not in run.arms
+    ]
+    tstyle = charts.Style(
+        arms=tuple(transfer_arms), modes=run.modes, metric_name=run.metric_name, higher_is_better=run.higher_is_better, chance=style.chance
+    )
+    if shares.height:
+        band = shares["neutral_band"].max()
+        alpha = tr["alpha"].drop_nulls().unique().to_list()
+        alpha_text = ", ".join(f"{a:g}" for a in alpha) or "–"
+        section.blocks.append(
+            f'<p class="caption">Look-ahead step α = {_e(alpha_text)}; neutral band |1 − LR| &lt; {_e(f"{band:g}")}; '
+            "cross-task pairs (source ≠ target task) at each trial's last measurement, pooled over seeds.</p>"
+        )
+        section.blocks.append(("transference-shares", charts.transference_shares_chart(shares, tstyle)))
+        section.blocks.append(
+            _html_table(
+                shares,
+                {
+                    "arm": "arm",
+                    "iteration": "iteration",
+                    "n_pairs": "pairs",
+                    "positive": "positive",
+                    "neutral": "neutral",
+                    "negative": "negative",
+                    "self_lr": "mean self-transference LR",
+                },
+                {
+                    "positive": lambda v: f"{100 * v:.1f} %",
+                    "neutral": lambda v: f"{100 * v:.1f} %",
+                    "negative": lambda v: f"{100 * v:.1f} %",
+                    "self_lr": lambda v: "–" if v is None else f"{v:.3f}",
+                },
+            )
+        )
+        hist = tables.transference_histogram(tr, arms=transfer_arms)
+        section.blocks.append(("transference-histograms", charts.transference_histogram_chart(hist, tstyle)))
+    matrix = tables.transference_matrix(tr, arms=transfer_arms, modes=run.modes)
+    if matrix.height:
+        section.blocks.append(
+            '<h3>Mode × mode transference over training</h3><p class="caption">Mean LR of source tasks of '
+            "one mode (rows) on target tasks of another (columns), per arm (rows of panels) and measurement "
+            "iteration (columns of panels); blue cells help, red cells hurt.</p>"
+        )
+        section.blocks.append(("transference-matrix", charts.transference_matrix_chart(matrix, tstyle)))
+    return section
+
+
+def _failures_section(run: RunData) -> Section:
+    failed = tables.failed_trials(run.trials)
+    section = Section("failures", "Failures", "Every failed trial with the reason it recorded; the study went on without it.")
+    if failed.height == 0:
+        section.blocks.append('<p class="note">No trial failed.</p>')
+        return section
+    section.blocks.append(
+        _html_table(
+            failed,
+            {
+                "phase": "phase",
+                "arm": "arm",
+                "seed": "seed",
+                "trial_id": "trial",
+                "iterations_done": "iterations done",
+                "failure_reason": "reason",
+            },
+            {"failure_reason": lambda v: f'<span style="text-align:left;display:block">{_e(v or "no reason recorded")}</span>'},
+        )
+    )
+    return section
+
+
+def build_sections(run: RunData) -> list[Section]:
+    """All sections of the report, in the issue's order (header excluded)."""
+    bench = run.spec.get("benchmark") or {}
+    ways = bench.get("ways")
+    style = charts.Style(
+        arms=run.arms,
+        modes=run.modes,
+        metric_name=run.metric_name,
+        higher_is_better=run.higher_is_better,
+        chance=1.0 / ways if run.metric_name == "accuracy" and ways else None,
+    )
+    sections, table = _ablation_sections(run, style)
+    sections.append(_curves_section(run, style))
+    sections.append(_cost_section(run, style, table))
+    sections += [s for s in (_search_section(run, style), _transference_section(run, style)) if s is not None]
+    sections.append(_failures_section(run))
+    return sections
+
+
+@functools.cache
+def _javascript_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script (vl-convert bundles them; ~0.9 MB, ~2 s once)."""
+    import vl_convert
+
+    versions = vl_convert.get_vegalite_versions()
+    bundle = vl_convert.javascript_bundle(vl_version=VEGALITE_VERSION if VEGALITE_VERSION in versions else None)
+    # The bundle is inlined in a <script> element: a literal closing tag would end it early.
+    return bundle.replace("</script", "<\\/script")
+
+
+def render_html(run: RunData, sections: Sequence[Section]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The complete HTML document and the Vega-Lite spec of every chart, by chart id."""
+    specs: dict[str, dict[str, Any]] = {}
+    body = [_header(run)]
+    nav = " ".join(f'<a href="#{s.anchor}">{_e(s.title)}</a>' for s in sections)
+    body.append(f"<nav>{nav}</nav>")
+    for section in sections:
+        parts = [f'<section id="{section.anchor}"><h2>{_e(section.title)}</h2><p class="caption">{_e(section.caption)}</p>']
+        for block in section.blocks:
+            if isinstance(block, str):
+                parts.append(block)
+                continue
+            name, chart = block
+            chart_id = f"chart-{len(specs) + 1:02d}-{name}"
+            specs[chart_id] = chart.to_dict()
+            parts.append(f'<div class="chart" id="{chart_id}" role="img" aria-label="{_e(name)}"></div>')
+        parts.append("</section>")
+        body.append("".join(parts))
+    spec_json = json.dumps(specs, separators=(",", ":")).replace("<", "\\u003c")
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    document = (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>mmlo report: {_e(run.study_name)}</title><style>{_CSS}</style>"
+        f"<script>{_ERROR_SCRIPT}</script></head><body><main>"
+        f'<pre id="mmlo-js-errors" hidden></pre>'
+        + "".join(body)
+        + f'<p class="caption">Generated {generated} by <code>mmlo report</code> from {_e(run.run_dir)}.</p>'
+        f'</main><script type="application/json" id="mmlo-specs">{spec_json}</script>'
+        f"<script>{_javascript_bundle()}</script><script>{_EMBED_SCRIPT}</script></body></html>\n"
+    )
+    return document, specs
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        # mkstemp creates owner-only files; a report is meant to be shared like any file the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_pngs(specs: Mapping[str, dict[str, Any]], png_dir: Path, scale: float = 2.0) -> list[Path]:
+    """Each chart as ``<png_dir>/<chart id>.png`` (rendered by vl-convert at ``scale``); returns the paths."""
+    import vl_convert
+
+    png_dir.mkdir(parents=True, exist_ok=True)
+    versions = vl_convert.get_vegalite_versions()
+    version = VEGALITE_VERSION if VEGALITE_VERSION in versions else None
+    paths = []
+    for chart_id, spec in specs.items():
+        path = png_dir / f"{chart_id.removeprefix('chart-')}.png"
+        _write_atomically(path, vl_convert.vegalite_to_png(spec, vl_version=version, scale=scale))
+        paths.append(path)
+    return paths
+
+
+def write_report(run_dir: Path, out: Path | None = None, png_dir: Path | None = None) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); return its path.
+
+    Raises ReportError when the run directory is missing, is not a run directory, or has no finished trial.
+    """
+    run = load_run(run_dir)
+    document, specs = render_html(run, build_sections(run))
+    target = (Path(out).expanduser() if out is not None else run.run_dir / "report.html").resolve()
+    try:
+        _write_atomically(target, document.encode("utf-8"))
+        if png_dir is not None:
+            write_pngs(specs, Path(png_dir).expanduser().resolve())
+    except OSError as err:
+        raise ReportError(f"cannot write the report: {err}") from None
+    return target

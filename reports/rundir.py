@@ -1,0 +1,155 @@
+"""Reading a run directory: the resolved spec, the provenance record and the Parquet tables.
+
+The report's only input is what the orchestrator wrote into ``<output>/<study name>/`` (see the Parquet
+contract in README.md). Everything the report needs to order and label its tables and charts (the arms in
+the YAML's order, the modes in the benchmark's order, the baseline arm, the metric and its direction) is
+resolved here once, so every section agrees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from mmlo.reports.errors import ReportError
+
+#: Phases whose trials are rows of the ablation table (confirm re-runs the best search configurations).
+TABLE_PHASES = ("ablation", "confirm")
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything the report reads from one run directory, with the derived orderings."""
+
+    run_dir: Path
+    spec: dict[str, Any]
+    provenance: dict[str, Any]
+    trials: pl.DataFrame
+    progress: pl.DataFrame | None
+    episodes: pl.DataFrame | None
+    transference: pl.DataFrame | None
+    metric_name: str
+    modes: tuple[str, ...]
+    arms: tuple[str, ...]
+    baseline: str | None
+
+    @property
+    def study_name(self) -> str:
+        return str(self.spec.get("name") or self.run_dir.name)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Accuracy is maximised, MSE minimised."""
+        return self.metric_name != "mse"
+
+    def table_episodes(self) -> pl.DataFrame | None:
+        """Test episodes of the ablation and confirm trials: the rows every arm is compared on."""
+        if self.episodes is None:
+            return None
+        rows = self.episodes.filter(pl.col("phase").is_in(TABLE_PHASES) & (pl.col("split") == "test"))
+        return rows if rows.height else None
+
+    def search_params(self) -> list[str]:
+        """Names of the searched parameters, in the order the study declares them."""
+        search = self.spec.get("search") or {}
+        return [name for name in (search.get("space") or {}) if f"cfg_{name}" in self.trials.columns]
+
+
+def _read_table(path: Path) -> pl.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ReportError(f"{path}: cannot read this Parquet table ({err}); re-run `mmlo study --resume`") from None
+
+
+def _ordered(preferred: Sequence[str], present: Sequence[str]) -> tuple[str, ...]:
+    """``preferred`` entries that are present, in their order, then the other present ones as they appear."""
+    present_set = set(present)
+    head = [name for name in preferred if name in present_set]
+    tail = [name for name in dict.fromkeys(present) if name not in set(head)]
+    return (*head, *tail)
+
+
+def _metric_name(trials: pl.DataFrame, spec: dict[str, Any]) -> str:
+    if "metric_name" in trials.columns:
+        names = trials["metric_name"].drop_nulls().unique(maintain_order=True).to_list()
+        if names:
+            return str(names[0])
+    benchmark = str((spec.get("benchmark") or {}).get("name", ""))
+    return "mse" if benchmark.startswith("regression") else "accuracy"
+
+
+def _modes(
+    spec: dict[str, Any],
+    provenance: dict[str, Any],
+    episodes: pl.DataFrame | None,
+    progress: pl.DataFrame | None,
+) -> tuple[str, ...]:
+    declared = (provenance.get("benchmark") or {}).get("modes") or (spec.get("benchmark") or {}).get("modes") or []
+    present: list[str] = []
+    if episodes is not None:
+        present += episodes["mode"].unique(maintain_order=True).to_list()
+    if progress is not None:
+        present += [c.removeprefix("val_") for c in progress.columns if c.startswith("val_") and c != "val_metric"]
+    return _ordered([str(m) for m in declared], present) if present else tuple(str(m) for m in declared)
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Read a run directory; raise ReportError naming what is missing when it cannot be reported on."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ReportError(
+            f"{run_dir}: no such run directory (a run directory is <output>/<study name>, written by `mmlo study`)"
+        )
+    spec_path = run_dir / "spec.yaml"
+    if not spec_path.exists():
+        raise ReportError(f"{run_dir}: not a run directory (no spec.yaml); give the folder `mmlo study` wrote")
+    try:
+        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ReportError(f"{spec_path}: unreadable resolved spec ({err})") from None
+    provenance_path = run_dir / "provenance.json"
+    try:
+        provenance = json.loads(provenance_path.read_text(encoding="utf-8")) if provenance_path.exists() else {}
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{provenance_path}: unreadable provenance record ({err})") from None
+    trials = _read_table(run_dir / "trials.parquet")
+    if trials is None or trials.height == 0:
+        raise ReportError(
+            f"{run_dir}: no finished trials yet (trials.parquet is missing or empty); "
+            f"`mmlo status {run_dir}` shows progress, `mmlo study FILE --resume` finishes the study"
+        )
+    progress = _read_table(run_dir / "progress.parquet")
+    episodes = _read_table(run_dir / "episodes.parquet")
+    transference = _read_table(run_dir / "transference.parquet")
+    progress = progress if progress is not None and progress.height else None
+    episodes = episodes if episodes is not None and episodes.height else None
+    transference = transference if transference is not None and transference.height else None
+
+    spec_arms = [str(arm["name"]) for arm in spec.get("arms") or [] if isinstance(arm, dict) and "name" in arm]
+    table_trials = trials.filter(pl.col("phase").is_in(TABLE_PHASES))
+    arms = _ordered(spec_arms, table_trials["arm"].cast(pl.String).to_list())
+    baseline = spec.get("baseline") or (spec_arms[0] if spec_arms else None)
+    if baseline not in arms:
+        baseline = arms[0] if arms else None
+    return RunData(
+        run_dir=run_dir,
+        spec=spec,
+        provenance=provenance,
+        trials=trials,
+        progress=progress,
+        episodes=episodes,
+        transference=transference,
+        metric_name=_metric_name(trials, spec),
+        modes=_modes(spec, provenance, episodes, progress),
+        arms=arms,
+        baseline=baseline,
+    )

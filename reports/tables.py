@@ -1,0 +1,472 @@
+"""The report's numbers: plain functions from the Parquet tables to small polars frames.
+
+Nothing here draws; ``mmlo.reports.charts`` and ``mmlo.reports.html`` render these frames. Conventions:
+
+* every arm is evaluated on the same seeded test episodes, identified by (mode, episode, episode_seed);
+  an episode's value is first averaged over the arm's training seeds, then intervals are taken over
+  episodes: mean ± 1.96·s/√n (method.md §6);
+* the interval over seeds takes each seed's mean over its episodes: mean ± t_{0.975,k-1}·s/√k;
+* ``mode == OVERALL`` rows pool the episodes of every mode (equal shares, so the mean is the mean of the
+  mode means);
+* accuracy: higher is better; mse: lower is better (``higher_is_better``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import polars as pl
+
+from mmlo.reports.importance import parameter_importance
+from mmlo.reports.stats import Z95, t95
+
+#: The ``mode`` of the rows that pool every mode.
+OVERALL = "all"
+EPISODE_KEYS = ("mode", "episode", "episode_seed")
+TRANSFER_CLASSES = ("positive", "neutral", "negative")
+
+
+def _rank(column: str, order: Sequence[str]) -> pl.Expr:
+    """Position of ``column``'s value in ``order`` (unknown values last), for sorting by the study's order."""
+    return pl.col(column).replace_strict(list(order), list(range(len(order))), default=len(order), return_dtype=pl.Int64)
+
+
+def _sorted(frame: pl.DataFrame, arms: Sequence[str], modes: Sequence[str] | None = None) -> pl.DataFrame:
+    keys = [_rank("arm", arms)]
+    if modes is not None:
+        keys.append(_rank("mode", [*modes, OVERALL]))
+    return frame.sort(keys, maintain_order=True)
+
+
+def _with_overall(frame: pl.DataFrame, keys: Sequence[str], value: str = "value") -> pl.DataFrame:
+    """``frame`` grouped by ``keys`` + mode, stacked on the same grouping with every mode pooled."""
+    by_mode = frame.group_by([*keys, "mode"]).agg(pl.col(value))
+    pooled = frame.group_by(keys).agg(pl.col(value)).with_columns(mode=pl.lit(OVERALL))
+    return pl.concat([by_mode, pooled.select(by_mode.columns)])
+
+
+def _interval(values: pl.Expr, factor: pl.Expr | float) -> pl.Expr:
+    return factor * values.list.std(ddof=1) / values.list.len().cast(pl.Float64).sqrt()
+
+
+def _t_factors(counts: pl.Series) -> dict[int, float | None]:
+    return {int(k): t95(int(k)) for k in counts.unique().to_list()}
+
+
+def episode_values(episodes: pl.DataFrame) -> pl.DataFrame:
+    """One row per (arm, mode, episode, episode_seed): value_after averaged over the arm's seeds."""
+    return episodes.group_by(["arm", *EPISODE_KEYS]).agg(
+        value=pl.col("value_after").cast(pl.Float64).mean(), n_seeds=pl.col("seed").n_unique()
+    )
+
+
+def seed_values(episodes: pl.DataFrame) -> pl.DataFrame:
+    """One row per (arm, seed, mode) and per (arm, seed) with mode OVERALL: the mean over that seed's episodes."""
+    frame = episodes.select("arm", "seed", "mode", value=pl.col("value_after").cast(pl.Float64))
+    stacked = _with_overall(frame, ["arm", "seed"])
+    return stacked.with_columns(value=pl.col("value").list.mean())
+
+
+def ablation_table(
+    episodes: pl.DataFrame,
+    *,
+    arms: Sequence[str],
+    modes: Sequence[str],
+    baseline: str | None,
+    higher_is_better: bool,
+) -> pl.DataFrame:
+    """The ablation table in long form: one row per arm x (mode | OVERALL).
+
+    Columns: arm, mode, n_episodes, n_seeds, mean, ci95 (1.96·s/√n over seed-averaged episodes),
+    seed_mean, seed_ci95 (t-interval over the k seed means; null when k < 2), diff and diff_ci95 (the
+    paired difference arm - baseline over the episodes both share, 1.96·s_d/√n; null for the baseline
+    itself), n_paired, best (the best mean of its mode column: max for accuracy, min for mse).
+    """
+    per_episode = episode_values(episodes)
+    stacked = _with_overall(per_episode, ["arm"])
+    by_episode = stacked.select(
+        "arm",
+        "mode",
+        n_episodes=pl.col("value").list.len().cast(pl.Int64),
+        mean=pl.col("value").list.mean(),
+        ci95=_interval(pl.col("value"), Z95),
+    )
+    per_seed = seed_values(episodes).group_by(["arm", "mode"]).agg(pl.col("value"))
+    t_factors = _t_factors(per_seed["value"].list.len())
+    by_seed = per_seed.select(
+        "arm",
+        "mode",
+        n_seeds=pl.col("value").list.len().cast(pl.Int64),
+        seed_mean=pl.col("value").list.mean(),
+        seed_ci95=_interval(
+            pl.col("value"),
+            pl.col("value").list.len().replace_strict(t_factors, return_dtype=pl.Float64),
+        ),
+    )
+    table = by_episode.join(by_seed, on=["arm", "mode"], how="left")
+    table = table.join(paired_differences(episodes, baseline), on=["arm", "mode"], how="left")
+    best = pl.col("mean").max() if higher_is_better else pl.col("mean").min()
+    table = table.with_columns(best=(pl.col("mean") == best.over("mode")).fill_null(False))
+    return _sorted(table, arms, modes)
+
+
+def paired_differences(episodes: pl.DataFrame, baseline: str | None) -> pl.DataFrame:
+    """Per arm and mode (and OVERALL): mean of arm - baseline over shared episodes, with 1.96·s_d/√n.
+
+    Episodes are matched on (mode, episode, episode_seed) after averaging each arm over its seeds, so the
+    difference is paired: the episode-to-episode difficulty cancels. The baseline's own rows are null.
+    """
+    schema = {"arm": pl.String, "mode": pl.String, "n_paired": pl.Int64, "diff": pl.Float64, "diff_ci95": pl.Float64}
+    per_episode = episode_values(episodes)
+    if baseline is None or baseline not in per_episode["arm"].to_list():
+        return pl.DataFrame(schema=schema)
+    base = per_episode.filter(pl.col("arm") == baseline).select(*EPISODE_KEYS, base=pl.col("value"))
+    pairs = (
+        per_episode.filter(pl.col("arm") != baseline)
+        .join(base, on=list(EPISODE_KEYS), how="inner")
+        .select("arm", "mode", value=pl.col("value") - pl.col("base"))
+    )
+    stacked = _with_overall(pairs, ["arm"])
+    return stacked.select(
+        pl.col("arm").cast(pl.String),
+        pl.col("mode").cast(pl.String),
+        n_paired=pl.col("value").list.len().cast(pl.Int64),
+        diff=pl.col("value").list.mean(),
+        diff_ci95=_interval(pl.col("value"), Z95),
+    ).cast(schema)  # type: ignore[arg-type]
+
+
+def adaptation_table(episodes: pl.DataFrame, *, arms: Sequence[str], modes: Sequence[str]) -> pl.DataFrame:
+    """Before vs after adaptation, for the arms that record a pre-adaptation value (MAML family).
+
+    Long form: arm, mode (and OVERALL), stage ('before' | 'after'), mean, ci95 over seed-averaged episodes,
+    n_episodes. Empty when no arm has ``value_before``.
+    """
+    with_before = episodes.filter(pl.col("value_before").is_not_null())
+    frames = []
+    for stage, column in (("before", "value_before"), ("after", "value_after")):
+        per_episode = with_before.group_by(["arm", *EPISODE_KEYS]).agg(value=pl.col(column).cast(pl.Float64).mean())
+        frames.append(
+            _with_overall(per_episode, ["arm"]).select(
+                "arm",
+                "mode",
+                stage=pl.lit(stage),
+                mean=pl.col("value").list.mean(),
+                ci95=_interval(pl.col("value"), Z95),
+                n_episodes=pl.col("value").list.len().cast(pl.Int64),
+            )
+        )
+    return _sorted(pl.concat(frames), arms, modes)
+
+
+def learning_curves(progress: pl.DataFrame, *, arms: Sequence[str], modes: Sequence[str]) -> pl.DataFrame:
+    """Validation metric vs iteration per arm: mean over seeds and the band [min, max] over seeds.
+
+    One row per arm x series x iteration, where series is OVERALL (``val_metric``) or a mode
+    (``val_<mode>``); columns mean, low, high, n_seeds. A trial reported twice at one iteration (resumed)
+    counts once, with its last report.
+    """
+    columns = {OVERALL: "val_metric", **{m: f"val_{m}" for m in modes if f"val_{m}" in progress.columns}}
+    latest = progress.unique(subset=["trial_id", "iteration"], keep="last", maintain_order=True)
+    long = pl.concat(
+        [
+            latest.select("arm", "seed", "iteration", series=pl.lit(series), value=pl.col(col).cast(pl.Float64))
+            for series, col in columns.items()
+        ]
+    ).drop_nulls("value")
+    curves = long.group_by(["arm", "series", "iteration"]).agg(
+        mean=pl.col("value").mean(),
+        low=pl.col("value").min(),
+        high=pl.col("value").max(),
+        n_seeds=pl.col("seed").n_unique().cast(pl.Int64),
+    )
+    return curves.sort([_rank("arm", arms), _rank("series", [OVERALL, *modes]), "iteration"])
+
+
+def arm_costs(trials: pl.DataFrame, table: pl.DataFrame, *, arms: Sequence[str]) -> pl.DataFrame:
+    """The cost of each arm next to its overall result.
+
+    Over the arm's trials that did not fail: parameter counts (identical across seeds; the first is kept),
+    mean seconds per iteration and wall seconds, the largest peak memory; plus the OVERALL seed_mean and
+    seed_ci95 (ci95 over episodes when there is one seed) from ``table``.
+    """
+    ok = trials.filter(pl.col("state") != "failed")
+    costs = ok.group_by("arm").agg(
+        n_trials=pl.len().cast(pl.Int64),
+        params_backbone=pl.col("params_backbone").drop_nulls().first(),
+        params_encoder=pl.col("params_encoder").drop_nulls().first(),
+        params_generator=pl.col("params_generator").drop_nulls().first(),
+        params_total=pl.col("params_total").drop_nulls().first(),
+        seconds_per_iteration=pl.col("seconds_per_iteration").mean(),
+        wall_seconds=pl.col("wall_seconds").mean(),
+        peak_memory_mb=pl.col("peak_memory_mb").max(),
+    )
+    overall = table.filter(pl.col("mode") == OVERALL).select(
+        "arm", metric=pl.col("seed_mean"), metric_ci95=pl.coalesce("seed_ci95", "ci95")
+    )
+    return _sorted(costs.join(overall, on="arm", how="left"), arms)
+
+
+def parameter_components(costs: pl.DataFrame, *, arms: Sequence[str]) -> pl.DataFrame:
+    """Parameter counts per arm and component (backbone, encoder, generator), long form for stacked bars."""
+    long = costs.unpivot(
+        index="arm",
+        on=["params_backbone", "params_encoder", "params_generator"],
+        variable_name="component",
+        value_name="parameters",
+    ).with_columns(pl.col("component").str.strip_prefix("params_"), pl.col("parameters").fill_null(0))
+    return long.sort([_rank("arm", arms), _rank("component", ["backbone", "encoder", "generator"])])
+
+
+def search_trials(trials: pl.DataFrame) -> pl.DataFrame:
+    """The search phase's trials in start order (trial ids are numbered by Tune), with ``number`` 0..n-1."""
+    rows = trials.filter(pl.col("phase") == "search").sort("trial_id")
+    return rows.with_row_index("number").with_columns(pl.col("number").cast(pl.Int64))
+
+
+def optimisation_history(trials: pl.DataFrame, *, higher_is_better: bool) -> pl.DataFrame:
+    """Each search trial's final validation metric in start order, with the best so far.
+
+    ``best_so_far`` ranks only trials that ran their full budget (state completed): an early-stopped
+    trial's metric is that of a shorter training and is never ranked against them.
+    """
+    rows = search_trials(trials).select(
+        "number", "trial_id", "state", "val_metric", "iterations_done", "budget_iterations"
+    )
+    best: float | None = None
+    running = []
+    for state, value in zip(rows["state"].to_list(), rows["val_metric"].to_list(), strict=True):
+        if state == "completed" and value is not None and math.isfinite(value):
+            better = best is None or (value > best if higher_is_better else value < best)
+            best = value if better else best
+        running.append(best)
+    return rows.with_columns(best_so_far=pl.Series(running, dtype=pl.Float64))
+
+
+def best_configurations(
+    trials: pl.DataFrame, params: Sequence[str], *, higher_is_better: bool, top: int = 5
+) -> pl.DataFrame:
+    """The best search trials with their parameters, budget and state.
+
+    Full-budget trials come first, ranked by metric (``rank`` 1, 2, ...); then up to ``top`` early-stopped
+    trials, unranked (``rank`` null), longest-trained first. Failed trials are in ``failed_trials``.
+    """
+    rows = search_trials(trials)
+    cols = ["trial_id", "state", "val_metric", "iterations_done", "budget_iterations", *[f"cfg_{p}" for p in params]]
+    completed = (
+        rows.filter(pl.col("state") == "completed")
+        .sort("val_metric", descending=higher_is_better, nulls_last=True)
+        .head(top)
+        .select(cols)
+        .with_row_index("rank", offset=1)
+        .with_columns(pl.col("rank").cast(pl.Int64))
+    )
+    stopped = (
+        rows.filter(pl.col("state") == "stopped_early")
+        .sort(["iterations_done", "val_metric"], descending=[True, higher_is_better], nulls_last=True)
+        .head(top)
+        .select(cols)
+        .with_columns(rank=pl.lit(None, dtype=pl.Int64))
+        .select(completed.columns)
+    )
+    return pl.concat([completed, stopped]).rename({f"cfg_{p}": p for p in params})
+
+
+def _when_holds(row: Mapping[str, Any], when: Mapping[str, Any] | None) -> bool:
+    for key, expected in (when or {}).items():
+        allowed = expected if isinstance(expected, list) else [expected]
+        value = row.get(f"cfg_{key}")
+        if not any(value == a or str(value) == str(a) for a in allowed):
+            return False
+    return True
+
+
+def sampled_parameters(trials: pl.DataFrame, space: Mapping[str, Mapping[str, Any]]) -> pl.DataFrame:
+    """Search trials with one column per searched parameter, null where its ``when`` condition failed."""
+    rows = search_trials(trials)
+    params = [p for p in space if f"cfg_{p}" in rows.columns]
+    records = rows.to_dicts()
+    columns: dict[str, pl.Series] = {}
+    for param in params:
+        values = [r[f"cfg_{param}"] if _when_holds(r, space[param].get("when")) else None for r in records]
+        columns[param] = pl.Series(param, values, dtype=rows.schema[f"cfg_{param}"])
+    return rows.select("number", "trial_id", "state", "val_metric").with_columns(**columns)
+
+
+def common_iteration(progress: pl.DataFrame | None, trial_ids: Sequence[str]) -> int | None:
+    """The last validation iteration that every one of ``trial_ids`` reached (None without progress rows)."""
+    if progress is None or not trial_ids:
+        return None
+    reached = progress.filter(pl.col("trial_id").is_in(list(trial_ids))).group_by("trial_id").agg(
+        pl.col("iteration").max()
+    )
+    if reached.height < len(set(trial_ids)):
+        return None
+    return int(reached["iteration"].min())  # type: ignore[arg-type]
+
+
+def search_importance(
+    trials: pl.DataFrame, progress: pl.DataFrame | None, space: Mapping[str, Mapping[str, Any]]
+) -> tuple[pl.DataFrame, int | None]:
+    """Parameter importances of the search (``mmlo.reports.importance``), and the iteration they refer to.
+
+    Early stopping cuts trials at different budgets, so every trial that did not fail is compared at the
+    last validation all of them reached (from progress.parquet): same budget, no truncated scores mixed
+    with full ones. Without progress rows, only full-budget trials' final metrics are used (iteration None).
+    """
+    sampled = sampled_parameters(trials, space)
+    params = [c for c in sampled.columns if c not in ("number", "trial_id", "state", "val_metric")]
+    alive = sampled.filter(pl.col("state") != "failed")
+    iteration = common_iteration(progress, alive["trial_id"].to_list())
+    if iteration is None or progress is None:
+        frame = alive.filter(pl.col("state") == "completed").rename({"val_metric": "value"})
+    else:
+        at = (
+            progress.filter(pl.col("iteration") == iteration)
+            .unique(subset=["trial_id"], keep="last")
+            .select("trial_id", value=pl.col("val_metric").cast(pl.Float64))
+        )
+        frame = alive.join(at, on="trial_id", how="inner")
+    return parameter_importance(frame, params), iteration
+
+
+def parallel_coordinates(
+    trials: pl.DataFrame, space: Mapping[str, Mapping[str, Any]], *, metric_label: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parallel-coordinates data: (lines, axis labels).
+
+    lines: one row per non-failed search trial x axis (each searched parameter, then the metric): number,
+    state, val_metric, axis, position in [0, 1] (numeric parameters by their search range, on a log scale
+    when searched on one; categorical ones by their position in ``choices``; the metric from its lowest to
+    its highest value). A parameter that was not sampled in a trial has no point. labels: axis, position,
+    label of the parameter axes' ticks (the metric axis is labelled by the renderer, in display units).
+    """
+    sampled = sampled_parameters(trials, space).filter(pl.col("state") != "failed")
+    params = [c for c in sampled.columns if c not in ("number", "trial_id", "state", "val_metric")]
+    lines: list[dict[str, Any]] = []
+    labels: list[dict[str, Any]] = []
+    records = sampled.to_dicts()
+    for param in params:
+        spec = space[param]
+        if spec.get("type") == "categorical":
+            choices = [str(c) for c in spec.get("choices") or []]
+            span = max(len(choices) - 1, 1)
+            labels += [{"axis": param, "position": i / span, "label": c} for i, c in enumerate(choices)]
+
+            def position(v: Any, choices: list[str] = choices, span: int = span) -> float | None:
+                return choices.index(str(v)) / span if str(v) in choices else None
+        else:
+            log = bool(spec.get("log"))
+            low, high = float(spec["low"]), float(spec["high"])
+            to_axis = math.log if log else float
+            width = (to_axis(high) - to_axis(low)) or 1.0
+            labels += [{"axis": param, "position": p, "label": f"{v:g}"} for p, v in ((0.0, low), (1.0, high))]
+
+            def position(v: Any, to_axis: Any = to_axis, low: float = low, width: float = width) -> float | None:
+                return (to_axis(float(v)) - to_axis(low)) / width
+        for r in records:
+            if r[param] is not None:
+                lines.append({**_line_keys(r), "axis": param, "position": position(r[param])})
+    values = [r["val_metric"] for r in records if r["val_metric"] is not None]
+    if values:
+        low, high = min(values), max(values)
+        width = (high - low) or 1.0
+        lines += [
+            {**_line_keys(r), "axis": metric_label, "position": (r["val_metric"] - low) / width}
+            for r in records
+            if r["val_metric"] is not None
+        ]
+    line_schema = {"number": pl.Int64, "state": pl.String, "val_metric": pl.Float64, "axis": pl.String, "position": pl.Float64}
+    label_schema = {"axis": pl.String, "position": pl.Float64, "label": pl.String}
+    return pl.DataFrame(lines, schema=line_schema), pl.DataFrame(labels, schema=label_schema)
+
+
+def _line_keys(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"number": row["number"], "state": row["state"], "val_metric": row["val_metric"]}
+
+
+def state_counts(trials: pl.DataFrame) -> pl.DataFrame:
+    """Trials per phase and state (completed | stopped_early | failed)."""
+    return trials.group_by(["phase", "state"]).agg(n=pl.len().cast(pl.Int64)).sort(
+        [_rank("phase", ["ablation", "search", "confirm"]), _rank("state", ["completed", "stopped_early", "failed"])]
+    )
+
+
+def failed_trials(trials: pl.DataFrame) -> pl.DataFrame:
+    """Each failed trial with its reason, in phase and arm order."""
+    return trials.filter(pl.col("state") == "failed").select(
+        "phase", "arm", "seed", "trial_id", "iterations_done", "budget_iterations", "failure_reason"
+    ).sort([_rank("phase", ["ablation", "search", "confirm"]), "arm", "seed"])
+
+
+def _final_transference(transference: pl.DataFrame) -> pl.DataFrame:
+    """Each trial's last measurement, finite ratios only, with its class under the recorded neutral band."""
+    last = pl.col("iteration") == pl.col("iteration").max().over("trial_id")
+    rows = transference.filter(last & pl.col("lr").is_finite())
+    neutral = (1.0 - pl.col("lr")).abs() < pl.col("neutral_band")
+    return rows.with_columns(
+        transfer=pl.when(neutral).then(pl.lit("neutral")).when(pl.col("lr") < 1.0).then(pl.lit("positive")).otherwise(pl.lit("negative"))
+    )
+
+
+def transference_shares(transference: pl.DataFrame, *, arms: Sequence[str]) -> pl.DataFrame:
+    """Shares of positive / neutral / negative transfer per arm, at each trial's last measurement.
+
+    Cross-task pairs only (source != target task); positive: LR < 1, negative: LR > 1, neutral:
+    |1 - LR| < the neutral band recorded with each row. Columns: arm, iteration (the latest), n_pairs,
+    positive, neutral, negative (fractions), neutral_band, self_lr (mean self-transference), n_self.
+    """
+    rows = _final_transference(transference)
+    cross = rows.filter(~pl.col("self")).group_by("arm").agg(
+        iteration=pl.col("iteration").max().cast(pl.Int64),
+        n_pairs=pl.len().cast(pl.Int64),
+        neutral_band=pl.col("neutral_band").max(),
+        **{c: (pl.col("transfer") == c).mean() for c in TRANSFER_CLASSES},
+    )
+    own = rows.filter(pl.col("self")).group_by("arm").agg(self_lr=pl.col("lr").mean(), n_self=pl.len().cast(pl.Int64))
+    return _sorted(cross.join(own, on="arm", how="left"), arms)
+
+
+def transference_histogram(transference: pl.DataFrame, *, arms: Sequence[str], bins: int = 30) -> pl.DataFrame:
+    """Histogram of cross-task LR per arm at the last measurement, on bins shared by every arm.
+
+    The range spans the 1st to 99th percentile of all ratios (and always includes 1 ± 2 neutral bands);
+    ratios outside it are counted in the first or last bin. Columns: arm, bin_start, bin_end, count,
+    share (of the arm's pairs, so arms with different pair counts compare).
+    """
+    rows = _final_transference(transference).filter(~pl.col("self"))
+    schema = {"arm": pl.String, "bin_start": pl.Float64, "bin_end": pl.Float64, "count": pl.Int64, "share": pl.Float64}
+    if rows.height == 0:
+        return pl.DataFrame(schema=schema)
+    band = float(rows["neutral_band"].max() or 0.0)  # type: ignore[arg-type]
+    low = min(float(rows["lr"].quantile(0.01) or 1.0), 1.0 - 2 * band)
+    high = max(float(rows["lr"].quantile(0.99) or 1.0), 1.0 + 2 * band)
+    width = (high - low) / bins or 1.0
+    index = ((pl.col("lr") - low) / width).floor().clip(0, bins - 1).cast(pl.Int64)
+    counts = rows.group_by("arm", index.alias("bin")).agg(count=pl.len().cast(pl.Int64))
+    grid = pl.DataFrame({"arm": sorted(set(rows["arm"].to_list()))}).join(
+        pl.DataFrame({"bin": list(range(bins))}, schema={"bin": pl.Int64}), how="cross"
+    )
+    hist = grid.join(counts, on=["arm", "bin"], how="left").with_columns(pl.col("count").fill_null(0))
+    hist = hist.with_columns(
+        bin_start=low + pl.col("bin") * width,
+        bin_end=low + (pl.col("bin") + 1) * width,
+        share=pl.col("count") / pl.col("count").sum().over("arm"),
+    )
+    return _sorted(hist.select(list(schema)), arms).sort([_rank("arm", arms), "bin_start"]).cast(schema)  # type: ignore[arg-type]
+
+
+def transference_matrix(transference: pl.DataFrame, *, arms: Sequence[str], modes: Sequence[str]) -> pl.DataFrame:
+    """Mean LR per arm, iteration and (source mode, target mode), cross-task pairs, over every measurement.
+
+    Columns: arm, iteration, source_mode, target_mode, mean_lr, n (pairs averaged).
+    """
+    rows = transference.filter(~pl.col("self") & pl.col("lr").is_finite())
+    matrix = rows.group_by(["arm", "iteration", "source_mode", "target_mode"]).agg(
+        mean_lr=pl.col("lr").mean(), n=pl.len().cast(pl.Int64)
+    )
+    return matrix.sort(
+        [_rank("arm", arms), "iteration", _rank("source_mode", modes), _rank("target_mode", modes)]
+    )
