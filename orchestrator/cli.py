@@ -268,7 +268,10 @@ def data_prepare(
         from mmlo.tasks.datacmd import prepare
 
         config = _load(study_file).benchmark if study_file else None
-        prepare(name, root=root, config=config)
+        try:
+            prepare(name, root=root, config=config)
+        except (ValueError, KeyError) as err:  # an unknown benchmark or one the study does not use
+            raise UserError(str(err).strip("'\"")) from None
 
     _guard(body)
 
@@ -287,7 +290,10 @@ def data_show(
     def body() -> None:
         from mmlo.tasks.datacmd import show
 
-        path = show(name, mode=mode, out=out, split=split, n_classes=classes, root=root)
+        try:
+            path = show(name, mode=mode, out=out, split=split, n_classes=classes, root=root)
+        except (ValueError, KeyError) as err:  # an unknown benchmark, mode or split
+            raise UserError(str(err).strip("'\"")) from None
         typer.echo(f"contact sheet: {path}")
 
     _guard(body)
