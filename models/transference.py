@@ -199,6 +199,17 @@ def _module_mode(learner: Learner, training: bool) -> Iterator[None]:
         learner.train(was_training)
 
 
+def _shared_labels(group: TaskBatch) -> tuple[torch.Tensor, torch.Tensor, tuple[int | None, int | None]]:
+    """``support_y`` and ``query_y`` of a group, each as one task's labels if every task has the same ones."""
+    labels: list[torch.Tensor] = []
+    dims: list[int | None] = []
+    for y in (group.support_y, group.query_y):
+        shared = bool(torch.equal(y, y[:1].expand_as(y)))
+        labels.append(y[0] if shared else y)
+        dims.append(None if shared else 0)
+    return labels[0], labels[1], (dims[0], dims[1])
+
+
 def source_gradients(learner: Learner, params: Params, sources: TaskBatch) -> Params:
     """Per-source meta-gradients ``∇_θ L_i(θ)``, stacked on a leading source axis ``[S, *shape]``.
 
@@ -232,9 +243,12 @@ def source_gradients(learner: Learner, params: Params, sources: TaskBatch) -> Pa
             )
             return learner.task_outputs(p, task, training=True).loss.sum()
 
+        # Labels shared by every source (class-major episodes) stay unbatched: learners may use ops that
+        # have no vmap rule for batched values (F.one_hot checks its input's range).
+        support_y, query_y, y_dims = _shared_labels(group)
         with _module_mode(learner, True):
-            grads = vmap(grad(source_loss), in_dims=(None, 0, 0, 0, 0, 0))(
-                theta, group.support_x, group.support_y, group.query_x, group.query_y, group.seed
+            grads = vmap(grad(source_loss), in_dims=(None, 0, y_dims[0], 0, y_dims[1], 0))(
+                theta, group.support_x, support_y, group.query_x, query_y, group.seed
             )
         for name in out:
             out[name][index] = grads[name]
