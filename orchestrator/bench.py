@@ -1,0 +1,206 @@
+"""``mmlo bench``: seconds per meta-iteration of the vectorised learners against a per-task loop.
+
+Each case times full meta-iterations (post-adaptation query loss of a meta-batch, meta-gradient, Adam
+step) of ``Learner.task_outputs``, then of :func:`mmlo.models.learners.reference_loop_outputs` (the same
+math, one task at a time) on the same batches in the same process, and prints the ratio (loop time over
+vectorised time: above 1 means the vectorised call is faster). Batches are drawn before timing, so task
+sampling is not counted. Image cases use random pixels: no dataset is needed.
+
+Each case runs in a fresh spawned process, so that its peak resident memory is its own:
+``peak_rss_mb`` is read after the vectorised timing, ``loop_peak_rss_mb`` after the loop's.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmlo.models.base import Learner, TaskOutput
+from mmlo.models.config import LearnerConfig
+from mmlo.tasks.base import Benchmark, Split, TaskBatch
+from mmlo.tasks.config import BenchmarkConfig
+
+#: Warm-up meta-iterations before timing (first-call allocations, lazy initialisation).
+WARMUP = 2
+#: Distinct pre-drawn batches cycled through by the timed iterations.
+BATCH_POOL = 3
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One timed configuration: a learner on a benchmark with a fixed meta-batch."""
+
+    learner: LearnerConfig
+    meta_batch: int
+    #: ``None`` for regression2; else the side of the random square images.
+    image_size: int | None
+
+
+class RandomImages(Benchmark):
+    """5-way 1-shot 15-query tasks of uniform random pixels, two modes: a dataset-free timing workload."""
+
+    kind = "classification"
+    modes = ("noise_a", "noise_b")
+    output_dim = 5
+
+    def __init__(self, image_size: int, ways: int = 5, shots: int = 1, query: int = 15) -> None:
+        self.name = f"random{image_size}"
+        self.input_shape = (3, image_size, image_size)
+        self.ways, self.shots, self.query = ways, shots, query
+        self.output_dim = ways
+
+    def tasks(self, split: Split, modes: Sequence[int], seeds: Sequence[int]) -> TaskBatch:
+        """Random images seeded per task; labels ``0..ways-1`` in blocks of ``shots`` / ``query``."""
+        gen = torch.Generator()
+        support, query = [], []
+        for seed in seeds:
+            gen.manual_seed(int(seed))
+            support.append(torch.rand((self.ways * self.shots, *self.input_shape), generator=gen))
+            query.append(torch.rand((self.ways * self.query, *self.input_shape), generator=gen))
+        t = len(seeds)
+        return TaskBatch(
+            support_x=torch.stack(support),
+            support_y=torch.arange(self.ways).repeat_interleave(self.shots).expand(t, -1).contiguous(),
+            query_x=torch.stack(query),
+            query_y=torch.arange(self.ways).repeat_interleave(self.query).expand(t, -1).contiguous(),
+            mode=torch.as_tensor(list(modes), dtype=torch.int64),
+            seed=torch.as_tensor([int(s) for s in seeds], dtype=torch.int64),
+        )
+
+
+def _cases() -> dict[str, BenchCase]:
+    regression = {"inner_lr": 0.001, "inner_steps": 5, "first_order": False}
+    cases = {
+        "regression2-maml": BenchCase(LearnerConfig(learner="maml", **regression), 50, None),
+        "regression2-mmaml": BenchCase(LearnerConfig(learner="mmaml", **regression), 50, None),
+    }
+    images = {
+        "protonet": LearnerConfig(learner="protonet"),
+        "mprotonet": LearnerConfig(learner="mprotonet"),
+        "kml-protonet": LearnerConfig(learner="kml", base="protonet"),
+        "mmaml": LearnerConfig(learner="mmaml", inner_lr=0.05, inner_steps=5),
+    }
+    for size in (32, 84):
+        for name, cfg in images.items():
+            cases[f"{name}-{size}"] = BenchCase(cfg, 10, size)
+    return cases
+
+
+#: Every case, in the order they run by default.
+CASES: dict[str, BenchCase] = _cases()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _seconds_per_iteration(
+    learner: Learner,
+    outputs: Callable[..., TaskOutput],
+    batches: Sequence[TaskBatch],
+    iterations: int,
+) -> float:
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+
+    def step(batch: TaskBatch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        outputs(learner, learner.params(), batch, training=True).loss.mean().backward()
+        optimizer.step()
+
+    for i in range(WARMUP):
+        step(batches[i % len(batches)])
+    tic = time.perf_counter()
+    for i in range(iterations):
+        step(batches[i % len(batches)])
+    return (time.perf_counter() - tic) / iterations
+
+
+def run_case(name: str, iterations: int, threads: int = 1) -> dict[str, Any]:
+    """Time one case in this process: vectorised first, then the per-task loop on the same batches."""
+    import numpy as np
+
+    from mmlo.models.learners import build_learner, reference_loop_outputs
+    from mmlo.tasks.regression import build
+
+    torch.set_num_threads(threads)
+    case = CASES[name]
+    bench: Benchmark
+    if case.image_size is None:
+        bench = build(BenchmarkConfig(name="regression2", shots=5, query=5))
+    else:
+        bench = RandomImages(case.image_size)
+    rng = np.random.default_rng(0)
+    batches = [bench.meta_batch("train", case.meta_batch, rng) for _ in range(BATCH_POOL)]
+    torch.manual_seed(0)
+    learner = build_learner(case.learner, bench)
+    vectorised = _seconds_per_iteration(
+        learner, lambda m, p, b, training: m.task_outputs(p, b, training=training), batches, iterations
+    )
+    peak = _peak_rss_mb()
+    loop = _seconds_per_iteration(learner, reference_loop_outputs, batches, iterations)
+    return {
+        "case": name,
+        "seconds_per_iteration": vectorised,
+        "loop_seconds_per_iteration": loop,
+        "ratio": loop / vectorised,
+        "peak_rss_mb": peak,
+        "loop_peak_rss_mb": _peak_rss_mb(),
+        "iterations": iterations,
+        "threads": threads,
+        "meta_batch": case.meta_batch,
+        "params_total": learner.parameter_counts()["total"],
+    }
+
+
+def run_bench(cases: list[str] | None, iterations: int, as_json: bool, threads: int = 1) -> int:
+    """Run the named cases (default: all of :data:`CASES`), each in a fresh process; print as they finish.
+
+    ``as_json`` prints one JSON object per line (keys ``case, seconds_per_iteration,
+    loop_seconds_per_iteration, ratio, peak_rss_mb`` and more), else a table. Returns the exit code:
+    0, or 2 for an unknown case name.
+    """
+    names = list(cases) if cases else list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        print(f"error: unknown bench case(s) {unknown}; choose from {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    if iterations < 1:
+        print("error: --iterations must be at least 1", file=sys.stderr)
+        return 2
+    if not as_json:
+        print(f"{'case':<20} {'ms/iter':>9} {'loop ms/iter':>13} {'ratio':>7} {'peak RSS MB':>12}", flush=True)
+    spawn = multiprocessing.get_context("spawn")
+    for name in names:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            row = pool.submit(run_case, name, iterations, threads).result()
+        if as_json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(
+                f"{name:<20} {row['seconds_per_iteration'] * 1e3:>9.1f} "
+                f"{row['loop_seconds_per_iteration'] * 1e3:>13.1f} {row['ratio']:>6.2f}x "
+                f"{row['peak_rss_mb']:>12.0f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mmlo.orchestrator.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--case", action="append", choices=list(CASES), help="repeatable; default: all")
+    parser.add_argument("--iterations", type=int, default=20, help="timed meta-iterations per case")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ns = parser.parse_args()
+    sys.exit(run_bench(ns.case, ns.iterations, ns.json, ns.threads))
