@@ -56,8 +56,9 @@ def ungrouped(h: torch.Tensor, tasks: int) -> torch.Tensor:
 
 def task_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``h @ Wᵀ + b`` for ``h`` ``[T, B, in]``, with a shared or per-task weight and bias."""
-    if weight.dim() == 2 and bias.dim() == 1:
-        return F.linear(h, weight, bias)
+    if weight.dim() == 2:
+        # A shared weight stays one matmul even when the bias is per task (MAML's adapted bias).
+        return F.linear(h, weight, bias) if bias.dim() == 1 else F.linear(h, weight) + bias.unsqueeze(1)
     tasks = h.shape[0]
     return torch.baddbmm(per_task(bias, 1, tasks).unsqueeze(1), h, per_task(weight, 2, tasks).transpose(1, 2))
 
@@ -165,7 +166,9 @@ def _task_batch_norm(
             mean = (mean_buf[route] if route is not None else mean_buf.expand(tasks, -1)).reshape(-1)
             var = (var_buf[route] if route is not None else var_buf.expand(tasks, -1)).reshape(-1)
             return F.batch_norm(h, mean, var, weight, bias, training=False, eps=BN_EPS)
-        if track:
+        # Statistics are state, not a function of the parameters: a caller's vmap/grad transform
+        # (transference look-aheads) must not write them.
+        if track and not torch._C._functorch.is_functorch_wrapped_tensor(h):
             with torch.no_grad():
                 _update_running(mean_buf, var_buf, h.detach(), tasks, route)
     return F.batch_norm(h, None, None, weight, bias, training=True, eps=BN_EPS)
@@ -215,14 +218,25 @@ class Backbone(nn.Module, ABC):
         route: torch.Tensor | None = None,
         training: bool = True,
         track: bool = False,
+        capture: Params | None = None,
     ) -> torch.Tensor:
         """``x`` ``[T, B, *input_shape]`` -> ``[T, B, out_features]``.
 
         ``params`` is keyed as this module's ``named_parameters()``, each shared or per task; ``taus`` is
         τ per modulatable layer; ``route`` the network index of each task (stacked oracle networks);
         ``training`` False makes 'running' BatchNorm use its running statistics, and ``track`` lets a
-        training pass update them.
+        training pass update them. ``capture``, when given, receives the input of every factored layer.
         """
+
+    def low_rank_layers(self, taus: Sequence[LayerModulation | None] | None) -> dict[str, int]:
+        """Linear layers MAML may adapt in factored form (prefix -> output width), given τ.
+
+        ``run`` then reads ``{prefix}.left`` ``[T, r, out]`` and ``{prefix}.right`` ``[T, r, in]``
+        (``W_t = W + leftᵀ right``) and an optional ``{prefix}.probe`` ``[T, B, out]`` added to the
+        layer's output, whose gradient is δ. A layer whose kernel τ modulates is excluded: ``W ⊙ K``
+        breaks the factorisation.
+        """
+        return {}
 
 
 class MLP(Backbone):
@@ -261,6 +275,7 @@ class MLP(Backbone):
         route: torch.Tensor | None = None,
         training: bool = True,
         track: bool = False,
+        capture: Params | None = None,
     ) -> torch.Tensor:
         tasks, batch = x.shape[:2]
         h = x
@@ -269,9 +284,34 @@ class MLP(Backbone):
             h = torch.cat([h, bt.unsqueeze(1).expand(tasks, batch, self.bias_size)], dim=-1)
         for i in range(len(self.layers)):
             tau = taus[i] if taus is not None else None
-            weight, bias = modulated(params[f"layers.{i}.weight"], params[f"layers.{i}.bias"], tau)
-            h = F.relu(channel_affine(task_linear(h, weight, bias), tau, grouped_layout=False))
-        return task_linear(h, params["head.weight"], params["head.bias"])
+            z = _factored_linear(params, f"layers.{i}", h, tau, capture)
+            h = F.relu(channel_affine(z, tau, grouped_layout=False))
+        return _factored_linear(params, "head", h, None, capture)
+
+    def low_rank_layers(self, taus: Sequence[LayerModulation | None] | None) -> dict[str, int]:
+        layers = {
+            f"layers.{i}": shape.channels
+            for i, shape in enumerate(self.layer_shapes)
+            if taus is None or taus[i] is None or taus[i].kernel is None  # type: ignore[union-attr]
+        }
+        return {**layers, "head": self.out_features}
+
+
+def _factored_linear(
+    params: Params, prefix: str, h: torch.Tensor, tau: LayerModulation | None, capture: Params | None
+) -> torch.Tensor:
+    """A linear layer that also reads MAML's low-rank updates and δ probe (see ``low_rank_layers``)."""
+    weight, bias = modulated(params[f"{prefix}.weight"], params[f"{prefix}.bias"], tau)
+    z = task_linear(h, weight, bias)
+    left = params.get(f"{prefix}.left")
+    if left is not None:
+        z = z + torch.bmm(torch.bmm(h, params[f"{prefix}.right"].transpose(1, 2)), left)
+    probe = params.get(f"{prefix}.probe")
+    if probe is not None:
+        z = z + probe
+        if capture is not None:
+            capture[prefix] = h
+    return z
 
 
 def conv_output_size(size: int, blocks: int, downsample: str) -> int:
@@ -330,6 +370,7 @@ class ConvNet(Backbone):
         route: torch.Tensor | None = None,
         training: bool = True,
         track: bool = False,
+        capture: Params | None = None,
     ) -> torch.Tensor:
         tasks, batch = x.shape[:2]
         h = grouped(x)
