@@ -1,0 +1,733 @@
+"""``mmlo study``: run a study's phases (ablation -> search -> confirm) on Ray Tune, results to Parquet.
+
+The driver plans the trials (:mod:`mmlo.orchestrator.plan`), prints how many run at once and how long the
+study should take, starts (or joins) a Ray cluster, and runs one Tune experiment per phase with
+``reuse_actors``; Ray's and Optuna's log lines go to ``<run>/logs/driver.log`` and a compact status line
+(:mod:`mmlo.orchestrator.progress`) replaces Tune's tables. Each finished trial refreshes the Parquet tables.
+
+Resuming (``--resume``) is driven by the run directory's ledger, not by Tune's experiment snapshot: every
+trial whose record is final is skipped, an interrupted ablation or confirm trial restarts from the last
+checkpoint an earlier session persisted, and an interrupted search trial is told FAIL to Optuna and its
+point re-queued, so the search keeps its history (the Optuna journal) and runs exactly ``search.trials``
+trials in all. A resume whose spec differs from the recorded one is refused, naming what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmlo.orchestrator import ledger, provenance, sink
+from mmlo.orchestrator.errors import UserError
+from mmlo.orchestrator.estimate import estimate_trials, makespan
+from mmlo.orchestrator.plan import (
+    TrialSpec,
+    ablation_trials,
+    confirm_trials,
+    reports_per_trial,
+    search_iterations,
+    search_trial,
+)
+from mmlo.orchestrator.progress import StudyProgress, duration
+from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
+from mmlo.orchestrator.spec import Study, dump_study
+from mmlo.orchestrator.summary import local_concurrency
+from mmlo.orchestrator.trainable import SPEC_FILE, run_trial
+
+#: What Ray and Tune read from the environment: the legacy (quiet) reporter, our own Ctrl-C handling.
+RAY_ENVIRONMENT = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Tune warns on stdout when checkpoints force snapshots of its experiment state; the ledger, not that
+    # snapshot, is what a resume relies on.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+#: Spec keys that may change between sessions of one run (they do not change results).
+RESUMABLE_KEYS = ("output", "resources", "description")
+LOGGERS = ("ray", "optuna", "filelock")
+#: Status-line entries that stand for trials not created yet (search trials get their id from Optuna).
+SEARCH_PENDING, CONFIRM_PENDING = "search pending ", "confirm pending "
+
+
+@dataclass
+class Run:
+    """One session of one study: where it writes, what is left, and how it is shown."""
+
+    study: Study
+    study_file: Path
+    run_dir: Path
+    output: Path
+    address: str | None
+    max_concurrent: int | None
+    space: SearchSpace | None
+    benchmark: Any
+    expected: dict[str, float | None] = field(default_factory=dict)
+    session: int = 1
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.benchmark.kind == "classification"
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.higher_is_better else "mse"
+
+    def resume_command(self) -> str:
+        words = ["mmlo", "study", str(self.study_file.resolve()), "--out", str(self.output), "--resume"]
+        if self.address:
+            words += ["--address", self.address]
+        if self.max_concurrent:
+            words += ["--max-concurrent", str(self.max_concurrent)]
+        return shlex.join(words)
+
+
+def run_study(
+    study: Study,
+    *,
+    study_file: Path | str,
+    out: Path | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    resume: bool = False,
+    dashboard: bool = True,
+) -> int:
+    """Run (or, with ``resume``, finish) ``study``; returns the exit code (0: every trial has a final state).
+
+    Raises :class:`UserError` for what the user must fix (a bad search space, a run directory that exists or
+    whose spec changed), ``DataMissingError`` when the benchmark's data is absent, and ``KeyboardInterrupt``
+    after a clean stop on Ctrl-C (the CLI exits 130), having printed the command that resumes.
+    """
+    wall_start = time.perf_counter()
+    output = Path(out).expanduser().resolve() if out is not None else study.output
+    study = study.model_copy(update={"output": output})
+    run_dir = output / study.name
+    phases = study.resolved_phases
+    space = compile_space(study, study_file) if {"search", "confirm"} & set(phases) else None
+    _check_run_dir(run_dir, study, resume)
+
+    from mmlo.tasks.registry import get_benchmark
+
+    benchmark = get_benchmark(study.benchmark)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    ledger.atomic_write_text(run_dir / SPEC_FILE, dump_study(study))
+    record = provenance.start_session(
+        run_dir,
+        study,
+        {"name": benchmark.name, "kind": benchmark.kind, "modes": list(benchmark.modes), "fingerprint": benchmark.fingerprint()},
+        resumed=resume,
+        sampler=_sampler_record(study),
+        address=address,
+    )
+    run = Run(study, Path(study_file), run_dir, output, address, max_concurrent, space, benchmark)
+    run.session = len(record["sessions"])
+    outcome = "failed"
+    try:
+        code = _run(run, dashboard)
+        outcome = "completed"
+        return code
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        _write_tables(run)
+        provenance.finish_session(run_dir, outcome, time.perf_counter() - wall_start)
+        if outcome == "interrupted":
+            done = len(ledger.finished(run_dir))
+            print(
+                f"\ninterrupted: {done} of {study.trial_count()} trials finished and are kept in {run_dir}\n"
+                f"resume with:\n  {run.resume_command()}",
+                flush=True,
+            )
+
+
+def _sampler_record(study: Study) -> dict[str, Any] | None:
+    if study.search is None:
+        return None
+    from mmlo.orchestrator.search import tpe_sampler
+
+    sampler = tpe_sampler(study)
+    return {
+        "sampler": "TPESampler",
+        "seed": study.search.sampler_seed,
+        "n_startup_trials": sampler._n_startup_trials,
+        "constant_liar": True,
+        "training_seed": study.search.seed if study.search.seed is not None else study.seeds[0],
+    }
+
+
+def _check_run_dir(run_dir: Path, study: Study, resume: bool) -> None:
+    spec_path = run_dir / SPEC_FILE
+    if not resume:
+        if spec_path.exists():
+            raise UserError(
+                f"{run_dir} already holds a run of '{study.name}' ({len(ledger.finished(run_dir))} finished "
+                "trials): add --resume to finish it, or choose another --out (or delete the folder) to start over"
+            )
+        return
+    if not spec_path.exists():
+        raise UserError(f"--resume: there is no run to resume at {run_dir} (start it without --resume)")
+    recorded = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+    changes = spec_changes(recorded, study.model_dump(mode="json"))
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise UserError(
+            f"--resume: the study changed since {run_dir} was started, and its results would no longer be "
+            f"comparable. Changed: {shown}. Restore the file, or run the new spec into another --out"
+        )
+
+
+def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Key paths whose values differ between two resolved specs (ignoring keys that may change on resume)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in list(a) + [k for k in b if k not in a]:
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}.{i}")
+        elif a != b:
+            out.append(f"{path}: {json.dumps(a)} -> {json.dumps(b)}")
+
+    strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_KEYS}  # noqa: E731
+    walk(strip(recorded), strip(current), "")
+    return out
+
+
+def _run(run: Run, dashboard: bool) -> int:
+    study, run_dir = run.study, run.run_dir
+    done = ledger.finished(run_dir)
+    ablation = [t for t in ablation_trials(study) if t.trial_id not in done]
+    n_search = _search_left(run, done)
+    print(
+        f"study {study.name}: {study.trial_count()} trials ({_phase_counts(study)}), "
+        f"{len(done)} already finished; run directory {run_dir}",
+        flush=True,
+    )
+    threads = max(1, int(study.resources.cpus_per_trial))
+    if run.address is None and study.resources.gpus_per_trial == 0:
+        planned = list(ablation)
+        if n_search and run.space is not None:
+            planned.append(search_trial(study, 0, {}))
+        run.expected = estimate_trials(study, planned, run.benchmark, threads)
+    with _logs_to_file(run_dir / "logs" / "driver.log"), _ray(run, dashboard) as resources:
+        fits, reason = local_concurrency(study, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+        if run.max_concurrent is not None and run.max_concurrent < fits:
+            fits, reason = run.max_concurrent, reason + f", capped by --max-concurrent={run.max_concurrent}"
+        if fits < 1:
+            raise UserError(
+                f"no trial fits on this cluster ({reason}): lower resources.cpus_per_trial/gpus_per_trial "
+                "or run with --address on a cluster that has them"
+            )
+        print(f"{fits} trial(s) at once ({reason}); {_expected_line(run, ablation, n_search, fits)}", flush=True)
+        progress = StudyProgress(higher_is_better=run.higher_is_better, metric=run.metric, concurrency=fits)
+        _plan_display(run, progress, done, ablation, n_search)
+        with _sigterm_as_interrupt():
+            for phase in study.resolved_phases:
+                progress.phase = phase
+                if phase == "ablation" and ablation:
+                    _run_grid(run, "ablation", _with_checkpoints(run, ablation), fits, progress)
+                elif phase == "search" and n_search:
+                    _run_search(run, n_search, fits, progress)
+                elif phase == "confirm":
+                    confirm = [t for t in _confirm_plan(run) if t.trial_id not in ledger.finished(run_dir)]
+                    for spec in confirm:
+                        progress.claim(CONFIRM_PENDING, spec.trial_id, _label(spec), _expected(run, spec), spec.iterations)
+                    progress.drop(CONFIRM_PENDING)
+                    if confirm:
+                        _run_grid(run, "confirm", _with_checkpoints(run, confirm), fits, progress)
+        progress.close()
+    _write_tables(run)
+    final = ledger.finished(run_dir)
+    failed = sorted(t for t, r in final.items() if r["state"] == "failed")
+    if failed:
+        print(f"{len(failed)} trial(s) failed (reasons in trials.parquet, `mmlo status {run_dir}`): {', '.join(failed)}")
+    _write_report(run_dir)
+    print(f"results: mmlo results {run_dir}", flush=True)
+    return 0
+
+
+def _phase_counts(study: Study) -> str:
+    parts = []
+    if study.ablation_trials():
+        parts.append(f"{len(study.arms)} arms x {len(study.seeds)} seeds")
+    if study.search is not None and "search" in study.resolved_phases:
+        parts.append(f"{study.search.trials} search")
+    if study.confirm is not None and "confirm" in study.resolved_phases:
+        parts.append(f"top {study.confirm.top_k} x {len(study.seeds)} seeds confirm")
+    return ", ".join(parts)
+
+
+def _search_left(run: Run, done: dict[str, dict[str, Any]]) -> int:
+    study = run.study
+    if study.search is None or "search" not in study.resolved_phases:
+        return 0
+    return max(0, study.search.trials - sum(1 for r in done.values() if r["phase"] == "search"))
+
+
+def _label(spec: TrialSpec) -> str:
+    return f"{spec.arm} s{spec.seed}" if spec.phase != "search" else spec.arm
+
+
+def _expected(run: Run, spec: TrialSpec) -> float:
+    """Expected seconds of a trial (its iterations when nothing was timed: the ETA then learns the rate)."""
+    seconds = run.expected.get(spec.trial_id)
+    if seconds is None and spec.phase == "search":
+        seconds = run.expected.get("search-000")
+    if seconds is None and spec.phase == "confirm":
+        seconds = run.expected.get("search-000")
+        if seconds is not None:
+            seconds *= spec.iterations / max(1, search_iterations(run.study))
+    return seconds if seconds is not None else float(spec.iterations)
+
+
+def _expected_line(run: Run, ablation: Sequence[TrialSpec], n_search: int, fits: int) -> str:
+    if not run.expected or any(run.expected.get(t.trial_id) is None for t in ablation):
+        return "expected duration: shown live (ETA) once the first trials report"
+    study = run.study
+    total = makespan([_expected(run, t) for t in ablation], fits)
+    if n_search:
+        probe = search_trial(study, 0, {})
+        concurrent = min(fits, (study.search.max_concurrent if study.search else None) or fits)
+        total += makespan([_expected(run, probe)] * n_search, concurrent)
+    if study.confirm is not None and "confirm" in study.resolved_phases and study.search is not None:
+        n = study.confirm.top_k * len(study.seeds)
+        probe = confirm_trials(study, [search_trial(study, 0, {})])[0]
+        total += makespan([_expected(run, probe)] * n, fits)
+    ceiling = " at most" if n_search and study.scheduler.type == "asha" else ""
+    return f"expected duration{ceiling} ~{duration(total)} (timed one step of each arm on this machine)"
+
+
+def _plan_display(
+    run: Run, progress: StudyProgress, done: dict[str, dict[str, Any]], ablation: Sequence[TrialSpec], n_search: int
+) -> None:
+    study = run.study
+    for record in done.values():
+        spec = TrialSpec.from_json(record["spec"]) if record.get("spec") else None
+        if spec is not None:
+            progress.plan(spec.trial_id, _label(spec), _expected(run, spec), spec.iterations, record["state"])
+    for spec in ablation:
+        progress.plan(spec.trial_id, _label(spec), _expected(run, spec), spec.iterations)
+    placeholder = search_trial(study, 0, {}) if study.search is not None else None
+    for i in range(n_search if placeholder is not None else 0):
+        progress.plan(f"{SEARCH_PENDING}{i}", "search", _expected(run, placeholder), placeholder.iterations)
+    if study.confirm is not None and "confirm" in study.resolved_phases and placeholder is not None:
+        probe = confirm_trials(study, [placeholder])[0]
+        confirmed = sum(1 for r in done.values() if r["phase"] == "confirm")
+        for i in range(max(0, study.confirm.top_k * len(study.seeds) - confirmed)):
+            progress.plan(f"{CONFIRM_PENDING}{i}", "confirm", _expected(run, probe), probe.iterations)
+
+
+@contextmanager
+def _logs_to_file(path: Path) -> Iterator[None]:
+    """Send Ray's, Tune's and Optuna's log records to ``path`` instead of the terminal, for the duration."""
+    for key, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        logger.handlers = [handler]
+        logger.propagate = False
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    saved.append((warnings_logger, list(warnings_logger.handlers), warnings_logger.propagate))
+    warnings_logger.handlers, warnings_logger.propagate = [handler], False
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        handler.close()
+
+
+@contextmanager
+def _ray(run: Run, dashboard: bool) -> Iterator[dict[str, float]]:
+    """A Ray cluster for the session (local by default, or ``--address``); yields its total resources."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        from ray._private.utils import get_dashboard_dependency_error
+
+        with_dashboard = dashboard and get_dashboard_dependency_error() is None
+        where = f"cluster at {run.address}" if run.address else f"local cluster, {_local_cpus()} CPUs"
+        print(f"starting Ray ({where}) ...", flush=True)
+        kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+        if run.address:
+            context = ray.init(address=run.address, **kwargs)
+        else:
+            context = ray.init(
+                num_cpus=_local_cpus(),
+                include_dashboard=with_dashboard,
+                dashboard_host="127.0.0.1",
+                object_store_memory=256 * 2**20,
+                **kwargs,
+            )
+        _link_session_logs(run.run_dir, context)
+        if dashboard and not with_dashboard and run.address is None:
+            print("dashboard: not started (install mmlo[dashboard] for Ray's dashboard)", flush=True)
+        elif dashboard and getattr(context, "dashboard_url", ""):
+            _announce_when_up(f"http://{context.dashboard_url}")
+    try:
+        yield {k: float(v) for k, v in ray.cluster_resources().items()}
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _local_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _link_session_logs(run_dir: Path, context: Any) -> None:
+    """``<run>/logs/ray`` points at this session's Ray logs (raylet, workers, trial output)."""
+    session = getattr(context, "address_info", {}).get("session_dir")
+    if not session:
+        return
+    link = run_dir / "logs" / "ray"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path(session) / "logs", target_is_directory=True)
+
+
+def _announce_when_up(url: str, timeout_s: float = 60.0) -> None:
+    """Print the dashboard URL once it answers HTTP (any status: 401 means up, with token auth)."""
+
+    def probe() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+            except urllib.error.HTTPError:
+                pass
+            except OSError:
+                time.sleep(1.0)
+                continue
+            print(f"dashboard: {url}", flush=True)
+            return
+
+    threading.Thread(target=probe, name="mmlo-dashboard-probe", daemon=True).start()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """``kill`` (SIGTERM) stops the study as cleanly as Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _with_checkpoints(run: Run, specs: Sequence[TrialSpec]) -> list[dict[str, Any]]:
+    """Trial configs; an interrupted trial resumes from the last checkpoint an earlier session persisted."""
+    found = latest_checkpoints(run.run_dir / "ray")
+    out = []
+    for spec in specs:
+        trial = spec.to_json()
+        if spec.trial_id in found:
+            trial["resume_from"] = str(found[spec.trial_id])
+        out.append(trial)
+    return out
+
+
+def latest_checkpoints(storage: Path) -> dict[str, Path]:
+    """For each trial folder under Tune's storage, its newest checkpoint that a result line confirms."""
+    best: dict[str, tuple[int, Path]] = {}
+    for result_file in storage.glob("*/*/result.json"):
+        trial_dir = result_file.parent
+        for line in result_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            name = row.get("checkpoint_dir_name")
+            if not name or not (trial_dir / name).is_dir():
+                continue
+            iteration = int(row.get("iteration", 0))
+            if trial_dir.name not in best or iteration > best[trial_dir.name][0]:
+                best[trial_dir.name] = (iteration, trial_dir / name)
+    return {trial_id: path for trial_id, (_, path) in best.items()}
+
+
+def _trial_id(config: dict[str, Any]) -> str:
+    if config.get(NUMBER_KEY) is not None:
+        return f"search-{int(config[NUMBER_KEY]):03d}"
+    return str(config["trial"]["trial_id"])
+
+
+def _tune_callback(run: Run, progress: StudyProgress) -> Any:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """Feeds the status line, records trials Ray stopped or lost, refreshes the tables."""
+
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            trial_id = _trial_id(trial.config)
+            if not progress.knows(trial_id):
+                spec = search_trial(run.study, int(trial.config[NUMBER_KEY]), {})
+                progress.claim(SEARCH_PENDING, trial_id, trial_id, _expected(run, spec), spec.iterations)
+            progress.started(trial_id)
+            progress.tick()
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+            progress.result(
+                _trial_id(trial.config), int(result.get("iteration", 0)), float(result.get("elapsed_s", 0.0)), result.get("val_metric")
+            )
+            progress.tick()
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._ended(trial, error=None)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._ended(trial, error=_error_text(trial))
+
+        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            progress.tick()
+
+        def _ended(self, trial: Any, error: str | None) -> None:
+            trial_id = _trial_id(trial.config)
+            record = finalize_record(run, trial_id, trial.config, trial.last_result or {}, error)
+            note = f"  ({record.get('failure_reason')})" if record["state"] == "failed" else ""
+            progress.finished(
+                trial_id,
+                record["state"],
+                int(record.get("iterations_done") or 0),
+                record.get("val_metric"),
+                record.get("wall_seconds"),
+                note,
+            )
+            _write_tables(run)
+
+    return Progress()
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    return "the trial's worker died (see logs/ray)"
+
+
+def finalize_record(
+    run: Run, trial_id: str, config: dict[str, Any], result: dict[str, Any], error: str | None
+) -> dict[str, Any]:
+    """The final record of a trial that ended: the worker's own if it wrote one, else what the driver saw.
+
+    A worker always finalises a trial it completes or that raises; the driver fills in the rest: a search
+    trial the scheduler stopped (``stopped_early``, with the iterations it used) and a trial whose worker
+    died without a word (``failed``, with Ray's error).
+    """
+    record = ledger.read_record(run.run_dir, trial_id)
+    if record is not None and record.get("state") in ledger.FINAL_STATES:
+        return record
+    if record is None:
+        from mmlo.orchestrator.trainable import trial_from_config
+
+        spec = trial_from_config(run.study, config)
+        record = {
+            "study": run.study.name,
+            "phase": spec.phase,
+            "trial_id": trial_id,
+            "arm": spec.arm,
+            "seed": spec.seed,
+            "budget_iterations": spec.iterations,
+            "spec": spec.to_json(),
+        }
+    iteration = int(result.get("iteration", record.get("iterations_done") or 0))
+    record.update(
+        {
+            "iterations_done": iteration,
+            "wall_seconds": result.get("elapsed_s", record.get("wall_seconds")),
+            "val_metric": result.get("val_metric", record.get("val_metric")),
+            "updated": time.time(),
+        }
+    )
+    if error is not None:
+        record.update({"state": "failed", "failure_reason": error})
+    elif iteration < int(record["budget_iterations"]):
+        record.update({"state": "stopped_early", "failure_reason": None})
+    else:
+        record.update({"state": "failed", "failure_reason": "the trial ended without writing its results"})
+    ledger.write_record(run.run_dir, record)
+    return record
+
+
+def _tuner_pieces(run: Run, phase: str, fits: int, progress: StudyProgress) -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    study = run.study
+    resources = {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial}
+    trainable = tune.with_resources(run_trial, resources)
+    run_config = tune.RunConfig(
+        name=f"{phase}-{run.session}",
+        storage_path=str(run.run_dir / "ray"),
+        verbose=0,
+        callbacks=[_tune_callback(run, progress), JsonLoggerCallback()],
+        failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        log_to_file=True,
+    )
+    return {"trainable": trainable, "run_config": run_config}
+
+
+def _base_config(run: Run) -> dict[str, Any]:
+    return {"run_dir": str(run.run_dir), "cpus": run.study.resources.cpus_per_trial}
+
+
+def _trial_dirname(trial: Any) -> str:
+    return _trial_id(trial.config)
+
+
+def _run_grid(run: Run, phase: str, trials: list[dict[str, Any]], fits: int, progress: StudyProgress) -> None:
+    """Run planned trials (ablation or confirm), longest expected first, every one to its full budget."""
+    from ray import tune
+
+    trials = sorted(trials, key=lambda t: -_expected(run, TrialSpec.from_json(t)))
+    pieces = _tuner_pieces(run, phase, fits, progress)
+    provenance.record_concurrency(run.run_dir, phase, fits, "cluster fit and --max-concurrent")
+    tuner = tune.Tuner(
+        pieces["trainable"],
+        param_space={**_base_config(run), "trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            max_concurrent_trials=fits,
+            trial_name_creator=_trial_dirname,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=pieces["run_config"],
+    )
+    tuner.fit()
+
+
+def _run_search(run: Run, n_trials: int, fits: int, progress: StudyProgress) -> None:
+    """The Optuna phase: TPE through OptunaSearch, ASHA on the validation reports, journal in the run dir."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from mmlo.orchestrator.search import enqueue, journal_storage, make_searcher, reconcile_journal
+
+    study = run.study
+    assert study.search is not None and run.space is not None
+    storage = journal_storage(run.run_dir / "optuna.journal")
+    searched = {
+        int(r["trial_id"].removeprefix("search-")): r
+        for r in ledger.records(run.run_dir)
+        if r.get("phase") == "search"
+    }
+    finished = {n: r for n, r in searched.items() if r.get("state") in ledger.FINAL_STATES}
+    enqueue(storage, study.name, reconcile_journal(storage, study.name, finished))
+    for number, record in searched.items():
+        if number not in finished:
+            ledger.remove_trial(run.run_dir, record["trial_id"])
+    concurrent = min(fits, study.search.max_concurrent or fits)
+    provenance.record_concurrency(run.run_dir, "search", concurrent, "cluster fit, search.max_concurrent")
+    mode = "max" if run.higher_is_better else "min"
+    searcher = make_searcher(study, run.space, storage, "val_metric", mode)
+    scheduler = None
+    if study.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=reports_per_trial(search_iterations(study), study.budget.val_interval),
+            grace_period=study.scheduler.grace_period,
+            reduction_factor=study.scheduler.reduction_factor,
+        )
+    pieces = _tuner_pieces(run, "search", concurrent, progress)
+    tuner = tune.Tuner(
+        pieces["trainable"],
+        param_space=_base_config(run),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            metric="val_metric",
+            mode=mode,
+            num_samples=n_trials,
+            reuse_actors=True,
+            max_concurrent_trials=concurrent,
+            trial_name_creator=_trial_dirname,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=pieces["run_config"],
+    )
+    tuner.fit()
+
+
+def best_search_trials(run_dir: Path, study: Study, higher_is_better: bool) -> list[TrialSpec]:
+    """The ``confirm.top_k`` best search trials that completed their full budget, best first.
+
+    Trials that stopped early are never ranked: their scores come from a shorter budget.
+    """
+    assert study.confirm is not None
+    full = [
+        r
+        for r in ledger.finished(run_dir).values()
+        if r["phase"] == "search"
+        and r["state"] == "completed"
+        and r.get("val_metric") is not None
+        and math.isfinite(r["val_metric"])
+        and int(r["iterations_done"]) >= int(r["budget_iterations"])
+    ]
+    full.sort(key=lambda r: (-r["val_metric"] if higher_is_better else r["val_metric"], r["trial_id"]))
+    return [TrialSpec.from_json(r["spec"]) for r in full[: study.confirm.top_k]]
+
+
+def _confirm_plan(run: Run) -> list[TrialSpec]:
+    best = best_search_trials(run.run_dir, run.study, run.higher_is_better)
+    if not best:
+        print("confirm: no search trial completed its full budget; nothing to confirm", flush=True)
+    return confirm_trials(run.study, best)
+
+
+def _write_tables(run: Run) -> None:
+    sink.write_tables(
+        run.run_dir, run.study.name, run.benchmark.modes, transference=run.study.transference is not None
+    )
+
+
+def _write_report(run_dir: Path) -> None:
+    """The offline HTML report, when the reports package is installed; its errors never fail the study."""
+    try:
+        from mmlo.reports.html import write_report
+    except ImportError:
+        return
+    try:
+        path = write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - the Parquet tables are the study's result; the report is a view
+        print(f"report: not written ({type(err).__name__}: {err}); retry with `mmlo report {run_dir}`", file=sys.stderr)
+        return
+    print(f"report: {path}", flush=True)

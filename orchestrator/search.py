@@ -1,0 +1,267 @@
+"""The search phase's pieces: the space compiler, the Optuna journal, and a budget-aware OptunaSearch.
+
+``search.space`` in a study YAML becomes an Optuna define-by-run function: parameters are sampled in the
+order they are declared, a parameter with a ``when`` condition is sampled only when the values sampled
+before it satisfy the condition (``kml_rank`` exists only for ``modulation: kml``), ``log: true`` samples
+on a log scale, and list-valued learner fields are categoricals of strings (``modulated_layers:
+'0-1-2-3'``). Every combination the space can produce is checked against the learner and training
+configuration before any trial starts, so a bad space is a user error (exit 2), not a failed trial.
+
+Trials that ASHA stops are told to Optuna as PRUNED with their intermediate values, never as COMPLETE
+with a truncated score (ray#6056): TPE ranks them apart from trials that used their full budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from mmlo.orchestrator.plan import base_arm, decode_value, search_base, search_iterations, search_seed
+from mmlo.orchestrator.spec import SearchParam, SpecError, Study
+
+if TYPE_CHECKING:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+#: Config key under which the define-by-run function hands the Optuna trial number to the trainable.
+NUMBER_KEY = "optuna_number"
+#: Above this many combinations, the space is checked one parameter at a time instead of exhaustively.
+MAX_CHECKED_COMBINATIONS = 4096
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A compiled search space; calling it on an ``optuna.Trial`` samples one configuration (define-by-run)."""
+
+    params: dict[str, SearchParam]
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, param in self.params.items():
+            if param.matches(values):
+                values[name] = suggest(trial, name, param)
+        return {NUMBER_KEY: trial.number}
+
+    def sampled(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The searched values present in a trial's config (conditional ones only when they were sampled)."""
+        return {name: config[name] for name in self.params if name in config}
+
+
+def suggest(trial: optuna.Trial, name: str, param: SearchParam) -> Any:
+    """Sample one parameter with the matching ``trial.suggest_*`` call."""
+    if param.type == "categorical":
+        return trial.suggest_categorical(name, list(param.choices or []))
+    assert param.low is not None and param.high is not None
+    if param.type == "int":
+        step = int(param.step) if param.step else 1
+        return trial.suggest_int(name, int(param.low), int(param.high), step=step, log=param.log)
+    return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
+
+
+def _probes(param: SearchParam) -> list[Any]:
+    """The values that stand for a parameter when checking the space: every choice, or both bounds."""
+    if param.type == "categorical":
+        return list(param.choices or [])
+    assert param.low is not None and param.high is not None
+    if param.type == "int":
+        return sorted({int(param.low), int(param.high)})
+    return sorted({float(param.low), float(param.high)})
+
+
+def _can_hold(param: SearchParam, value: Any) -> bool:
+    if param.type == "categorical":
+        return value in (param.choices or [])
+    assert param.low is not None and param.high is not None
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and param.low <= value <= param.high
+
+
+def _assignments(params: dict[str, SearchParam]) -> list[dict[str, Any]]:
+    """Every combination of probe values the define-by-run function can produce, conditions honoured."""
+    partial: list[dict[str, Any]] = [{}]
+    for name, param in params.items():
+        grown: list[dict[str, Any]] = []
+        for values in partial:
+            if param.matches(values):
+                grown.extend({**values, name: v} for v in _probes(param))
+            else:
+                grown.append(values)
+        partial = grown
+        if len(partial) > MAX_CHECKED_COMBINATIONS:
+            return _one_at_a_time(params)
+    return partial
+
+
+def _one_at_a_time(params: dict[str, SearchParam]) -> list[dict[str, Any]]:
+    """For huge spaces: each probe of each parameter, with the first probe of every other active parameter."""
+    out: list[dict[str, Any]] = []
+    for target, target_param in params.items():
+        for probe in _probes(target_param):
+            values: dict[str, Any] = {}
+            for name, param in params.items():
+                if param.matches(values):
+                    values[name] = probe if name == target else _probes(param)[0]
+            if values.get(target) == probe:
+                out.append(values)
+    return out
+
+
+def compile_space(study: Study, file: Path | str = "<study>") -> SearchSpace:
+    """Compile and check ``study.search.space``; a space that can produce an invalid trial raises SpecError."""
+    if study.search is None:
+        raise SpecError(file, "the study has no 'search' block", "search")
+    params = dict(study.search.space)
+    for name, param in params.items():
+        for key, expected in (param.when or {}).items():
+            allowed = expected if isinstance(expected, list) else [expected]
+            if not any(_can_hold(params[key], value) for value in allowed):
+                raise SpecError(
+                    file,
+                    f"condition {key}={expected} can never hold: '{key}' takes "
+                    + (f"{params[key].choices}" if params[key].choices else f"[{params[key].low}, {params[key].high}]"),
+                    f"search.space.{name}.when",
+                )
+    arm = base_arm(study, search_base(study))
+    seed, iterations = search_seed(study), search_iterations(study)
+    modes = study.benchmark_mode_count
+    layers = _layer_count(study)
+    for name, param in params.items():
+        for value in param.choices or []:
+            try:
+                decode_value(name, value)
+            except ValueError:
+                raise SpecError(
+                    file, f"{value!r} is not a list of integers written like '0-1-2-3'", f"search.space.{name}"
+                ) from None
+    for values in _assignments(params):
+        decoded = {name: decode_value(name, value) for name, value in values.items()}
+        where = ", ".join(f"{k}={v}" for k, v in values.items())
+        try:
+            learner = study.learner_config(arm, decoded)
+            train = study.train_config(arm, seed, decoded, iterations)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            message = first["msg"].removeprefix("Value error, ")
+            raise SpecError(
+                file, f"the trial {where} is invalid: {loc + ': ' if loc else ''}{message}", "search.space"
+            ) from None
+        if modes and train.meta_batch % modes:
+            raise SpecError(
+                file, f"the trial {where} has meta_batch {train.meta_batch}, not a multiple of the {modes} modes",
+                "search.space.meta_batch",
+            )
+        outside = [i for i in learner.modulated_layers or [] if not 0 <= i < layers]
+        if layers and outside:
+            raise SpecError(
+                file,
+                f"the trial {where} modulates layers {outside}, but the network has {layers} layers (0..{layers - 1})",
+                "search.space.modulated_layers",
+            )
+    return SearchSpace(params)
+
+
+def _layer_count(study: Study) -> int:
+    """Layers of the study's network (conv blocks for images, hidden layers for regression); 0 if unknown."""
+    from mmlo.tasks.registry import benchmark_kind
+
+    try:
+        kind = benchmark_kind(study.benchmark.name)
+    except ValueError:
+        return 0
+    defaults = study.learner_config(base_arm(study, search_base(study)))
+    return len(defaults.hidden) if kind == "regression" else len(defaults.channels)
+
+
+def journal_storage(path: Path) -> optuna.storages.BaseStorage:
+    """Optuna's JournalStorage on one file (``optuna-dashboard <path>`` opens it)."""
+    import optuna
+
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def tpe_sampler(study: Study) -> optuna.samplers.TPESampler:
+    """Seeded TPE; random start-up trials are a third of the budget (at most Optuna's default ten), and
+    ``constant_liar`` keeps concurrent trials from being handed the same point."""
+    import optuna
+
+    assert study.search is not None
+    startup = max(1, min(10, study.search.trials // 3))
+    return optuna.samplers.TPESampler(seed=study.search.sampler_seed, n_startup_trials=startup, constant_liar=True)
+
+
+def make_searcher(
+    study: Study, space: SearchSpace, storage: optuna.storages.BaseStorage, metric: str, mode: str
+) -> OptunaSearch:
+    """An OptunaSearch over ``space`` that tells Optuna which trials stopped before their full budget."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class BudgetAwareOptunaSearch(OptunaSearch):
+        """Tells trials that stopped short of ``iterations`` as PRUNED, non-finite scores as FAIL."""
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            import optuna
+
+            if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                super().on_trial_complete(trial_id, result, error)
+                return
+            value = result.get(self.metric)
+            ot_trial = self._ot_trials[trial_id]
+            if value is None or not math.isfinite(float(value)):
+                state = optuna.trial.TrialState.FAIL
+                self._ot_study.tell(ot_trial, state=state)
+            elif result.get("iteration", 0) < search_iterations(study):
+                ot_trial.report(float(value), int(result.get("training_iteration", 0)))
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                self._ot_study.tell(ot_trial, float(value))
+            self._completed_trials.add(trial_id)
+
+    return BudgetAwareOptunaSearch(
+        space=space, metric=metric, mode=mode, sampler=tpe_sampler(study), study_name=study.name, storage=storage
+    )
+
+
+def reconcile_journal(
+    storage: optuna.storages.BaseStorage, study_name: str, finished: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """After a crash, close the Optuna trials the driver left RUNNING; return the params of those to re-run.
+
+    ``finished`` maps Optuna trial numbers to the recorded outcome (``state``, ``val_metric``) of search
+    trials the run directory knows finished; such a trial is told that outcome. Any other RUNNING trial was
+    interrupted: it is told FAIL and its params are returned, to be enqueued so the same point runs again.
+    """
+    import optuna
+
+    try:
+        ot_study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return []
+    rerun: list[dict[str, Any]] = []
+    for trial in ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        record = finished.get(trial.number)
+        if record is None:
+            ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            rerun.append(dict(trial.params))
+        elif record["state"] == "completed" and record.get("val_metric") is not None:
+            ot_study.tell(trial.number, float(record["val_metric"]))
+        elif record["state"] == "stopped_early":
+            ot_study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+        else:
+            ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return rerun
+
+
+def enqueue(storage: optuna.storages.BaseStorage, study_name: str, params: list[dict[str, Any]]) -> None:
+    """Queue interrupted points first, so the resumed search evaluates them before sampling new ones."""
+    import optuna
+
+    if not params:
+        return
+    ot_study = optuna.load_study(study_name=study_name, storage=storage)
+    for point in params:
+        ot_study.enqueue_trial(point, skip_if_exists=False)
+

@@ -1,0 +1,251 @@
+"""The Tune function trainable: one trial is one call of :func:`mmlo.models.training.fit` in a Ray worker.
+
+This is the one module that reports to Ray (ray#49454: reporting APIs churn). It
+
+- sets torch's thread count to the trial's CPU share and trains on CUDA when the worker has a GPU;
+- resumes from ``tune.get_checkpoint()`` (a Tune retry) or from the checkpoint the driver found for an
+  interrupted trial of an earlier session;
+- writes the trial's part files (record, validation rows, test episodes, transference rows) into the ledger
+  itself, and reports only scalars with ``tune.report``, plus a checkpoint whenever ``fit`` wrote one;
+- holds back the last validation's report until the test episodes are written, so that a scheduler
+  decision on the final report can never cut a finished trial short of its evaluation;
+- records an exception, a NaN/inf loss (``TrainingDiverged``) or an out-of-memory error as ``failed`` with
+  its reason, then re-raises it, so that Tune applies the study's retries and the search tells Optuna FAIL.
+
+``MMLO_FAIL_ARM=<arm name>`` in the environment makes that arm's trials fail on purpose (the fault tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmlo.models.config import LearnerConfig, TrainConfig
+from mmlo.orchestrator import ledger, sink
+from mmlo.orchestrator.plan import TrialSpec, search_trial
+from mmlo.orchestrator.search import NUMBER_KEY
+from mmlo.orchestrator.spec import Study, parse_study
+from mmlo.tasks.base import Benchmark
+
+FAIL_ARM_ENV = "MMLO_FAIL_ARM"
+SPEC_FILE = "spec.yaml"
+
+#: A reused actor runs many trials of one study: the benchmark (its image banks) is built once per worker.
+_benchmarks: dict[str, Benchmark] = {}
+
+
+class DeliberateFailure(RuntimeError):
+    """Raised for the arm named by ``MMLO_FAIL_ARM`` (fault-handling tests)."""
+
+
+def load_resolved_study(run_dir: Path) -> Study:
+    """The run directory's resolved spec (``spec.yaml``), the one every trial of the run trains from."""
+    path = Path(run_dir) / SPEC_FILE
+    return parse_study(yaml.safe_load(path.read_text(encoding="utf-8")), path)
+
+
+def trial_from_config(study: Study, config: dict[str, Any]) -> TrialSpec:
+    """The trial a Tune config describes: a planned trial, or a search trial from Optuna's sample."""
+    if config.get(NUMBER_KEY) is not None:
+        assert study.search is not None
+        params = {name: config[name] for name in study.search.space if name in config}
+        return search_trial(study, int(config[NUMBER_KEY]), params)
+    return TrialSpec.from_json(config["trial"])
+
+
+def _benchmark(study: Study) -> Benchmark:
+    from mmlo.tasks.registry import get_benchmark
+
+    key = study.benchmark.model_dump_json()
+    if key not in _benchmarks:
+        _benchmarks[key] = get_benchmark(study.benchmark)
+    return _benchmarks[key]
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line naming what went wrong: the exception type and its first message line."""
+    import torch
+
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        kind = "out of memory"
+    else:
+        kind = type(err).__name__
+    return f"{kind}: {text}" if text else kind
+
+
+def base_record(
+    spec: TrialSpec, study: Study, learner: LearnerConfig, train: TrainConfig, benchmark: Benchmark
+) -> dict[str, Any]:
+    """The trial's record while it runs: ids, budget and configuration (counts and results come later)."""
+    from mmlo.models.evaluation import metric_name
+    from mmlo.models.learners import build_learner
+
+    counts = build_learner(learner, benchmark).parameter_counts()
+    return {
+        "study": study.name,
+        "phase": spec.phase,
+        "trial_id": spec.trial_id,
+        "arm": spec.arm,
+        "seed": spec.seed,
+        "state": "running",
+        "failure_reason": None,
+        "iterations_done": 0,
+        "budget_iterations": train.iterations,
+        "wall_seconds": None,
+        "seconds_per_iteration": None,
+        **{f"params_{k}": counts.get(k) for k in ("backbone", "encoder", "generator", "total")},
+        "metric_name": metric_name(benchmark.kind),
+        "val_metric": None,
+        "peak_memory_mb": None,
+        **sink.config_columns(learner, train),
+        "spec": spec.to_json(),
+        "updated": time.time(),
+    }
+
+
+def _transference_hook(study: Study, spec: TrialSpec, train: TrainConfig, benchmark: Benchmark) -> Any:
+    """The study's transference measurement, for ablation trials of the arms it names."""
+    t = study.transference
+    if t is None or spec.phase != "ablation" or (t.arms is not None and spec.arm not in t.arms):
+        return None
+    from mmlo.models.transference import make_transference_hook
+
+    return make_transference_hook(
+        benchmark,
+        train,
+        sources_per_mode=t.sources_per_mode,
+        targets_per_mode=t.targets_per_mode,
+        source_split=t.source_split,
+        target_split=t.target_split,
+        alpha=t.alpha,
+        neutral_band=t.neutral_band,
+        at=t.at,
+    )
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Tune function trainable (``config``: ``run_dir``, ``cpus``, and the trial or Optuna's sample)."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    run_dir = Path(config["run_dir"])
+    study = load_resolved_study(run_dir)
+    spec = trial_from_config(study, config)
+    ids = {"study": study.name, "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
+    record: dict[str, Any] = {**ids, "state": "running", "budget_iterations": spec.iterations, "spec": spec.to_json()}
+    started = time.perf_counter()
+    try:
+        learner_cfg, train_cfg = spec.learner_config(study), spec.train_config(study)
+        benchmark = _benchmark(study)
+        record = base_record(spec, study, learner_cfg, train_cfg, benchmark)
+        checkpoint = tune.get_checkpoint()
+        resume_from = Path(checkpoint.path) if checkpoint is not None else None
+        if resume_from is None and config.get("trial", {}).get("resume_from"):
+            resume_from = Path(config["trial"]["resume_from"])
+        resumed_at = _checkpoint_iteration(resume_from) if resume_from is not None else 0
+        ledger.rewind(run_dir, spec.trial_id, resumed_at)
+        record["iterations_done"] = resumed_at
+        ledger.write_record(run_dir, record)
+        if os.environ.get(FAIL_ARM_ENV) == spec.arm:
+            raise DeliberateFailure(f"{FAIL_ARM_ENV}={spec.arm} asks this arm's trials to fail")
+        _train(study, run_dir, spec, ids, record, (learner_cfg, train_cfg), benchmark, resume_from)
+    except Exception as err:
+        record.update(
+            {
+                "state": "failed",
+                "failure_reason": failure_reason(err),
+                "wall_seconds": time.perf_counter() - started,
+                "updated": time.time(),
+            }
+        )
+        ledger.write_record(run_dir, record)
+        raise
+
+
+def _checkpoint_iteration(directory: Path) -> int:
+    import torch
+
+    from mmlo.models.training import load_checkpoint
+
+    return int(load_checkpoint(directory, torch.device("cpu"))["iteration"])
+
+
+def _train(
+    study: Study,
+    run_dir: Path,
+    spec: TrialSpec,
+    ids: dict[str, Any],
+    record: dict[str, Any],
+    configs: tuple[LearnerConfig, TrainConfig],
+    benchmark: Benchmark,
+    resume_from: Path | None,
+) -> None:
+    import torch
+    from ray import tune
+
+    from mmlo.models.training import fit
+
+    learner_cfg, train_cfg = configs
+    hook = _transference_hook(study, spec, train_cfg, benchmark)
+    held: list[tuple[dict[str, float], Path | None]] = []
+    last_report = {"elapsed_s": 0.0, "at": time.perf_counter()}
+
+    def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
+        iteration = int(metrics["iteration"])
+        ledger.append_progress(run_dir, spec.trial_id, {**ids, **metrics})
+        if hook is not None and hook.rows:
+            ledger.write_transference(run_dir, spec.trial_id, iteration, sink.transference_frame(hook.rows, ids))
+            hook.rows.clear()
+        record.update({"iterations_done": iteration, "val_metric": metrics["val_metric"], "updated": time.time()})
+        ledger.write_record(run_dir, record)
+        last_report.update(elapsed_s=float(metrics["elapsed_s"]), at=time.perf_counter())
+        if iteration >= train_cfg.iterations:
+            held.append((metrics, checkpoint))
+            return
+        _report(tune, metrics, checkpoint)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix=f"mmlo-{spec.trial_id}-") as scratch:
+        result = fit(
+            learner_cfg,
+            train_cfg,
+            benchmark,
+            report=report,
+            checkpoint_dir=Path(scratch),
+            resume_from=resume_from,
+            hooks=[hook] if hook is not None else (),
+            device=device,
+        )
+        ledger.write_episodes(run_dir, spec.trial_id, sink.episodes_frame(result.episodes, ids))
+        record.update(
+            {
+                "state": "completed",
+                "iterations_done": result.iterations_done,
+                "wall_seconds": last_report["elapsed_s"] + time.perf_counter() - last_report["at"],
+                "seconds_per_iteration": result.seconds_per_iteration,
+                **{f"params_{k}": v for k, v in result.parameter_counts.items()},
+                "val_metric": result.final_val_metric,
+                "peak_memory_mb": result.peak_memory_mb,
+                "updated": time.time(),
+            }
+        )
+        ledger.write_record(run_dir, record)
+        for metrics, checkpoint in held:
+            _report(tune, {**metrics, "test_metric": result.test_metric}, checkpoint)
+
+
+def _report(tune: Any, metrics: dict[str, float], checkpoint: Path | None) -> None:
+    """Report scalars (and a checkpoint, which Tune copies into its storage before this returns)."""
+    if checkpoint is None:
+        tune.report(dict(metrics))
+        return
+    tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+    shutil.rmtree(checkpoint, ignore_errors=True)
