@@ -1,0 +1,71 @@
+"""Task encoders: υ per task from its support set only, the set encoders' (in)variances, sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmlo.models.encoders import ConvEncoder, LSTMEncoder, SetEncoder, build_encoder
+
+
+def _embed(encoder: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return encoder.embed(dict(encoder.named_parameters()), x, y)  # type: ignore[operator]
+
+
+def test_conv_encoder_is_the_papers_architecture() -> None:
+    # 4 x conv3x3 (32-64-128-256, with BN affine) + Linear(256, 128): the parameter count of method.md §3.
+    encoder = ConvEncoder(3, [32, 64, 128, 256], 128)
+    convs = sum(c_out * c_in * 9 + c_out + 2 * c_out for c_in, c_out in [(3, 32), (32, 64), (64, 128), (128, 256)])
+    assert sum(p.numel() for p in encoder.parameters()) == convs + 256 * 128 + 128
+    x = torch.rand(2, 5, 3, 32, 32)
+    upsilon = _embed(encoder, x, torch.zeros(2, 5, dtype=torch.long))
+    assert upsilon.shape == (2, 128) and bool((upsilon >= 0).all())
+
+
+def test_conv_encoder_is_a_mean_over_support_images_per_task() -> None:
+    # υ ignores labels and support order, and one task's images never change another task's υ.
+    torch.manual_seed(0)
+    encoder = ConvEncoder(3, [4, 8], 6).double()
+    x = torch.rand(3, 4, 3, 8, 8, dtype=torch.float64)
+    labels = torch.zeros(3, 4, dtype=torch.long)
+    upsilon = _embed(encoder, x, labels)
+    torch.testing.assert_close(_embed(encoder, x[:, [2, 0, 3, 1]], labels + 1), upsilon)
+    other = x.clone()
+    other[2] = torch.rand(4, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(_embed(encoder, other, labels)[:2], upsilon[:2])
+    torch.testing.assert_close(_embed(encoder, x[1:2], labels[1:2]), upsilon[1:2])
+
+
+def test_set_encoder_mean_pools_over_pairs() -> None:
+    # The MLP set encoder is invariant to the order of the (x, y) support pairs and sees y.
+    torch.manual_seed(1)
+    encoder = SetEncoder(2, 8).double()
+    x, y = torch.randn(2, 5, 1, dtype=torch.float64), torch.randn(2, 5, 1, dtype=torch.float64)
+    upsilon = _embed(encoder, x, y)
+    order = [4, 2, 0, 1, 3]
+    torch.testing.assert_close(_embed(encoder, x[:, order], y[:, order]), upsilon)
+    assert not torch.allclose(_embed(encoder, x, -y), upsilon)
+
+
+def test_lstm_encoder_concatenates_both_directions() -> None:
+    # υ = [final forward state, final backward state], each embedding_dim / 2 wide; odd sizes are refused.
+    torch.manual_seed(2)
+    encoder = LSTMEncoder(2, 6).double()
+    x, y = torch.randn(3, 5, 1, dtype=torch.float64), torch.randn(3, 5, 1, dtype=torch.float64)
+    upsilon = _embed(encoder, x, y)
+    _, (final, _) = encoder.lstm(torch.cat([x, y], dim=-1))
+    torch.testing.assert_close(upsilon, torch.cat([final[0], final[1]], dim=-1))
+    assert upsilon.shape == (3, 6)
+    with pytest.raises(ValueError, match="even"):
+        LSTMEncoder(2, 5)
+
+
+def test_build_encoder_matches_the_benchmark_kind() -> None:
+    # Images take the conv encoder; regression the mlp (default) or lstm set encoder; mismatches are refused.
+    assert isinstance(build_encoder("classification", None, (3, 8, 8), 5, 4, channels=[4], norm="none"), ConvEncoder)
+    assert isinstance(build_encoder("regression", None, (1,), 1, 4, channels=[4], norm="none"), SetEncoder)
+    assert isinstance(build_encoder("regression", "lstm", (1,), 1, 4, channels=[4], norm="none"), LSTMEncoder)
+    with pytest.raises(ValueError, match="conv task encoder"):
+        build_encoder("classification", "lstm", (3, 8, 8), 5, 4, channels=[4], norm="none")
+    with pytest.raises(ValueError, match="mlp or lstm"):
+        build_encoder("regression", "conv", (1,), 1, 4, channels=[4], norm="none")
