@@ -105,3 +105,236 @@ def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object
         torch.testing.assert_close(batched.metric_before, looped.metric_before, atol=1e-6, rtol=0)
     for g_batched, g_looped in zip(_meta_gradient(params, batched.loss.sum()), _meta_gradient(params, looped.loss.sum())):
         torch.testing.assert_close(g_batched, g_looped, atol=1e-6, rtol=0)
+
+
+def _linear_maml(**overrides: object) -> tuple[Learner, TaskBatch]:
+    """MAML on y = w x + b (no hidden layer, no bias transformation) with w = 0.5, b = 0.1, α = 0.1.
+
+    One task: support x = (1, 2), y = (1, 3); query x = 3, y = 2.
+    """
+    settings: dict[str, object] = dict(learner="maml", hidden=[], bias_transformation=0, inner_steps=1, inner_lr=0.1)
+    settings.update(overrides)
+    learner = build_learner(LearnerConfig(**settings), TinyBenchmark("regression")).double()  # type: ignore[arg-type]
+    with torch.no_grad():
+        learner.backbone.head.weight.fill_(0.5)
+        learner.backbone.head.bias.fill_(0.1)
+    f64 = torch.float64
+    batch = TaskBatch(
+        support_x=torch.tensor([[[1.0], [2.0]]], dtype=f64),
+        support_y=torch.tensor([[[1.0], [3.0]]], dtype=f64),
+        query_x=torch.tensor([[[3.0]]], dtype=f64),
+        query_y=torch.tensor([[[2.0]]], dtype=f64),
+        mode=torch.tensor([0]),
+        seed=torch.tensor([0]),
+    )
+    return learner, batch
+
+
+@pytest.mark.parametrize("meta_sgd", [False, True], ids=["factored", "dense"])
+def test_one_inner_step_on_a_linear_model_equals_the_closed_form(meta_sgd: bool) -> None:
+    # Support residuals (-0.4, -1.9): ∇w = Σ r x = -4.2, ∇b = Σ r = -2.3 (MSE over 2 points);
+    # w' = 0.92, b' = 0.33; query 0.92·3 + 0.33 - 2 = 1.09 -> loss 1.1881; before: (1.6 - 2)² = 0.16.
+    learner, batch = _linear_maml(learn_inner_lr=meta_sgd)
+    out = learner(batch)
+    torch.testing.assert_close(out.loss, torch.tensor([1.1881], dtype=torch.float64))
+    torch.testing.assert_close(out.metric, torch.tensor([1.1881], dtype=torch.float64))
+    assert out.metric_before is not None
+    torch.testing.assert_close(out.metric_before, torch.tensor([0.16], dtype=torch.float64))
+
+
+def test_second_order_meta_gradient_equals_the_closed_form() -> None:
+    # dw'/dw = 1 - α·Σx² = 0.5, dw'/db = db'/dw = -α·Σx = -0.3, db'/db = 1 - α·2 = 0.8, ∂L/∂(w', b') = (6.54, 2.18):
+    # ∂L/∂w = 6.54·0.5 - 2.18·0.3 = 2.616, ∂L/∂b = -6.54·0.3 + 2.18·0.8 = -0.218.
+    learner, batch = _linear_maml()
+    learner(batch).loss.sum().backward()
+    torch.testing.assert_close(learner.backbone.head.weight.grad, torch.tensor([[2.616]], dtype=torch.float64))
+    torch.testing.assert_close(learner.backbone.head.bias.grad, torch.tensor([-0.218], dtype=torch.float64))
+
+
+def test_first_order_meta_gradient_drops_exactly_the_inner_jacobian() -> None:
+    # First order treats ∇L(S) as a constant, so the meta-gradient is ∂L/∂(w', b') = (2·1.09·3, 2·1.09) = (6.54, 2.18).
+    learner, batch = _linear_maml(first_order=True)
+    out = learner(batch)
+    torch.testing.assert_close(out.loss, torch.tensor([1.1881], dtype=torch.float64))
+    out.loss.sum().backward()
+    torch.testing.assert_close(learner.backbone.head.weight.grad, torch.tensor([[6.54]], dtype=torch.float64))
+    torch.testing.assert_close(learner.backbone.head.bias.grad, torch.tensor([2.18], dtype=torch.float64))
+
+
+def test_meta_sgd_learns_one_step_size_per_parameter() -> None:
+    # ∂L/∂α_w = ∂L/∂w' · (-∇w) = 6.54·4.2 = 27.468 and ∂L/∂α_b = 2.18·2.3 = 5.014; α starts at inner_lr.
+    learner, batch = _linear_maml(learn_inner_lr=True)
+    learner(batch).loss.sum().backward()
+    lrs = dict(learner.inner_lr.named_parameters())
+    torch.testing.assert_close(lrs["head__weight"].detach(), torch.tensor([[0.1]], dtype=torch.float64))
+    torch.testing.assert_close(lrs["head__weight"].grad, torch.tensor([[27.468]], dtype=torch.float64))
+    torch.testing.assert_close(lrs["head__bias"].grad, torch.tensor([5.014], dtype=torch.float64))
+    assert learner.parameter_counts() == {"backbone": 4, "encoder": 0, "generator": 0, "total": 4}
+
+
+@pytest.mark.parametrize("meta_sgd", [False, True], ids=["factored", "dense"])
+def test_inner_gradient_clipping_rescales_to_the_global_norm(meta_sgd: bool) -> None:
+    # ‖(∇w, ∇b)‖ = √(4.2² + 2.3²); clipped to 1 the step is α·(4.2, 2.3)/‖·‖.
+    learner, batch = _linear_maml(inner_grad_clip=1.0, learn_inner_lr=meta_sgd)
+    norm = (4.2**2 + 2.3**2) ** 0.5
+    w, b = 0.5 + 0.1 * 4.2 / norm, 0.1 + 0.1 * 2.3 / norm
+    torch.testing.assert_close(learner(batch).loss, torch.tensor([(3 * w + b - 2) ** 2], dtype=torch.float64))
+    unclipped, _ = _linear_maml(inner_grad_clip=10.0, learn_inner_lr=meta_sgd)
+    torch.testing.assert_close(unclipped(batch).loss, torch.tensor([1.1881], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides"),
+    [
+        ("regression", dict(learner="mmaml")),
+        ("regression", dict(learner="kml", base="maml", inner_grad_clip=0.3)),
+        ("classification", dict(learner="mmaml", norm="transductive")),
+        ("classification", dict(learner="maml", learn_inner_lr=True)),
+    ],
+    ids=lambda v: str(v),
+)
+def test_second_order_meta_gradient_matches_finite_differences(kind: str, overrides: dict[str, object]) -> None:
+    # The directional derivative of the query loss along random directions equals <meta-gradient, direction>.
+    learner, batch = _tiny(kind, seed=3, **overrides)
+    params = {k: v.detach() for k, v in learner.params().items()}
+    gradient = _meta_gradient(params, learner.task_outputs({k: v.requires_grad_() for k, v in params.items()}, batch).loss.sum())
+    generator = torch.Generator().manual_seed(4)
+    eps = 1e-6
+    for _ in range(3):
+        direction = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in params.items()}
+        with torch.no_grad():
+            plus = learner.task_outputs({k: v + eps * direction[k] for k, v in params.items()}, batch, training=True)
+            minus = learner.task_outputs({k: v - eps * direction[k] for k, v in params.items()}, batch, training=True)
+        numeric = (plus.loss.sum() - minus.loss.sum()) / (2 * eps)
+        analytic = sum((g * direction[k]).sum() for g, k in zip(gradient, params))
+        torch.testing.assert_close(numeric, analytic, rtol=1e-5, atol=1e-7)
+
+
+def test_no_inner_steps_means_the_metric_before_is_the_metric() -> None:
+    # With inner_steps 0 MAML does not adapt: the post-adaptation metric equals the pre-update one.
+    learner, batch = _tiny("classification", learner="mmaml", inner_steps=0)
+    out = learner(batch)
+    assert out.metric_before is not None
+    torch.testing.assert_close(out.metric, out.metric_before)
+
+
+@pytest.mark.parametrize("name", ["mmaml", "kml", "multi_maml", "protonet"])
+def test_evaluation_mode_keeps_no_meta_graph(name: str) -> None:
+    # training=False (or no_grad) still adapts, gives the training-mode numbers (transductive BN), and keeps no graph.
+    extra = {"base": "maml"} if name == "kml" else {}
+    learner, batch = _tiny("classification", learner=name, **extra)
+    trained = learner(batch)
+    evaluated = learner(batch, training=False)
+    with torch.no_grad():
+        silent = learner(batch)
+    for out in (evaluated, silent):
+        assert out.loss.grad_fn is None
+        torch.testing.assert_close(out.loss, trained.loss.detach())
+
+
+def test_oracle_learners_route_each_task_to_its_modes_network() -> None:
+    # multi_*: a task's loss depends only on its own mode's stacked network.
+    for name in ("multi_maml", "multi_protonet"):
+        learner, batch = _tiny("classification", learner=name)
+        params = learner.params()
+        out = learner.task_outputs(params, batch)
+        first_mode = batch.mode == 0
+        moved = {k: v.detach().clone() for k, v in params.items()}
+        for k in moved:
+            moved[k][1] += 0.5
+        changed = learner.task_outputs(moved, batch)
+        torch.testing.assert_close(changed.loss[first_mode], out.loss[first_mode])
+        assert not torch.allclose(changed.loss[~first_mode], out.loss[~first_mode])
+        grads = _meta_gradient(params, out.loss[first_mode].sum())
+        assert all(bool((g[1] == 0).all()) for g in grads)
+
+
+def _reference_protonet_logits(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, ways: int, refine: bool) -> torch.Tensor:
+    """Snell et al.'s logits (and one soft k-means refinement) for one task, with explicit loops."""
+    prototypes = torch.stack([support[labels == c].mean(0) for c in range(ways)])
+    logits = -torch.cdist(query, prototypes) ** 2
+    if refine:
+        soft = torch.softmax(logits, dim=-1)
+        prototypes = torch.stack(
+            [(support[labels == c].sum(0) + (soft[:, c : c + 1] * query).sum(0)) / ((labels == c).sum() + soft[:, c].sum()) for c in range(ways)]
+        )
+        logits = -torch.cdist(query, prototypes) ** 2
+    return logits
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_protonet_scores_queries_by_distance_to_support_prototypes(transductive: bool) -> None:
+    # Prototypes are class means of the support embedding; loss = CE of -‖q - p‖² (optionally refined once).
+    learner, batch = _tiny("classification", learner="protonet", transductive=transductive)
+    params = learner.params()
+    out = learner.task_outputs(params, batch)
+    features = learner.backbone.run(
+        {k.removeprefix("backbone."): v for k, v in params.items()}, torch.cat([batch.support_x, batch.query_x], dim=1)
+    )
+    n_support = batch.support_x.shape[1]
+    for t in range(batch.num_tasks):
+        logits = _reference_protonet_logits(features[t, :n_support], batch.support_y[t], features[t, n_support:], 3, transductive)
+        loss = torch.nn.functional.cross_entropy(logits, batch.query_y[t])
+        accuracy = (logits.argmax(-1) == batch.query_y[t]).double().mean()
+        torch.testing.assert_close(out.loss[t], loss)
+        torch.testing.assert_close(out.metric[t], accuracy)
+    assert out.metric_before is None
+
+
+def test_parameter_counts_of_the_authors_kml_and_mprotonet() -> None:
+    # 84x84 RGB, 32-64-128-256, 128-d υ: generator 329,595 (KML) vs 123,840 (FiLM); same backbone and encoder.
+    benchmark = TinyBenchmark("classification", size=84, ways=5)
+    convs = sum(o * i * 9 + o + 2 * o for i, o in [(3, 32), (32, 64), (64, 128), (128, 256)])
+    encoder = convs + 256 * 128 + 128
+    kml = build_learner(LearnerConfig(learner="kml"), benchmark).parameter_counts()
+    film = build_learner(LearnerConfig(learner="mprotonet"), benchmark).parameter_counts()
+    assert kml == {"backbone": convs, "encoder": encoder, "generator": 329595, "total": convs + encoder + 329595}
+    assert film == {"backbone": convs, "encoder": encoder, "generator": 123840, "total": convs + encoder + 123840}
+    mmaml = build_learner(LearnerConfig(learner="mmaml"), benchmark).parameter_counts()
+    assert mmaml["backbone"] == convs + 256 * 5 * 5 * 5 + 5
+    oracle = build_learner(LearnerConfig(learner="multi_protonet"), benchmark).parameter_counts()
+    assert oracle == {"backbone": 2 * convs, "encoder": 0, "generator": 0, "total": 2 * convs}
+
+
+def test_regression_parameter_counts_of_mmamls_network() -> None:
+    # MLP 3 x 100 on [x, 20-d bias transformation]: 20 + 21·100+100 + 2·(100·100+100) + 101 = 22,521.
+    learner = build_learner(LearnerConfig(learner="maml"), TinyBenchmark("regression"))
+    assert learner.parameter_counts()["backbone"] == 20 + 2100 + 100 + 2 * 10100 + 101 == 22521
+
+
+def test_configurations_the_benchmark_cannot_run_are_refused() -> None:
+    # Regression supports the MAML family only, and says how to run KML on it.
+    regression = TinyBenchmark("regression")
+    with pytest.raises(ValueError, match="MAML family"):
+        build_learner(LearnerConfig(learner="protonet"), regression)
+    with pytest.raises(ValueError, match="base: maml"):
+        build_learner(LearnerConfig(learner="kml"), regression)
+    assert isinstance(build_learner(LearnerConfig(learner="kml", base="maml"), regression), MAML)
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides"),
+    [
+        ("regression", dict(learner="mmaml")),
+        ("classification", dict(learner="kml", base="maml", norm="running")),
+        ("classification", dict(learner="kml", transductive=True)),
+        ("classification", dict(learner="multi_protonet")),
+    ],
+    ids=lambda v: str(v),
+)
+def test_learners_compose_with_torch_func_transforms(kind: str, overrides: dict[str, object]) -> None:
+    # vmap(grad(loss of a one-task batch)) over tasks gives each task's own meta-gradient (transference's use).
+    learner, batch = _tiny(kind, **overrides)
+    theta = {k: v.detach() for k, v in learner.params().items()}
+
+    def one_task(p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
+        task = TaskBatch(sx[None], sy[None], qx[None], qy[None], batch.mode[:1], batch.seed[:1])
+        return learner.task_outputs(p, task).loss.sum()
+
+    same_mode = batch.select(torch.nonzero(batch.mode == batch.mode[0]).squeeze(1))
+    columns = (same_mode.support_x, same_mode.support_y, same_mode.query_x, same_mode.query_y)
+    batched = torch.func.vmap(torch.func.grad(one_task), in_dims=(None, 0, 0, 0, 0))(theta, *columns)
+    for t in range(same_mode.num_tasks):
+        single = torch.func.grad(one_task)(theta, *(c[t] for c in columns))
+        for k in theta:
+            torch.testing.assert_close(batched[k][t], single[k], atol=1e-6, rtol=0)
