@@ -54,6 +54,16 @@ class Style:
         return self.metric_name
 
     @property
+    def metric_label(self) -> str:
+        """The metric's name as written in prose and titles."""
+        return "MSE" if self.metric_name == "mse" else self.metric_name
+
+    @property
+    def metric_unit(self) -> str:
+        """The metric and its unit, for small panels whose caption states the direction."""
+        return "accuracy (%)" if self.percent else ("MSE" if self.metric_name == "mse" else self.metric_name)
+
+    @property
     def mode_labels(self) -> list[str]:
         return [*self.modes, "all modes"]
 
@@ -73,7 +83,7 @@ class Style:
             "arm:N",
             scale=alt.Scale(domain=arms, range=[ARM_COLOURS[i % len(ARM_COLOURS)] for i in range(len(arms))]),
             sort=arms,
-            legend=alt.Legend(title="arm", labelLimit=220, values=shown) if legend else None,
+            legend=alt.Legend(title="arm", labelLimit=220, values=shown, symbolOpacity=1) if legend else None,
         )
 
 
@@ -122,7 +132,7 @@ def mode_bars(table: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
         chance = 100.0 * style.chance if style.percent else style.chance
         layers.append(alt.Chart().mark_rule(strokeDash=[4, 4], color="#666").encode(y=alt.datum(chance)))
     chart = alt.layer(*layers, data=data).properties(width=FULL_WIDTH, height=300)
-    return _finish(chart, f"Test {style.metric_name} per mode (error bars: 95 % CI over episodes)")
+    return _finish(chart, f"Test {style.metric_label} per mode (error bars: 95 % CI over episodes)")
 
 
 def adaptation_chart(frame: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
@@ -135,34 +145,39 @@ def adaptation_chart(frame: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
     rule = alt.Chart(wide).mark_rule(strokeWidth=2).encode(
         x=x, xOffset=offset, y=alt.Y("before:Q", title=style.metric_title), y2="after:Q", color=colour
     )
-    points = alt.Chart(data).mark_point(size=70, strokeWidth=2).encode(
-        x=x,
-        xOffset=offset,
-        y="mean:Q",
-        color=colour,
-        shape=alt.Shape("stage:N", sort=["before", "after"], scale=alt.Scale(range=["circle", "triangle-up"]), title="stage"),
-        fill=alt.Fill("stage:N", sort=["before", "after"], scale=alt.Scale(range=["white", "#555"]), title="stage"),
-        tooltip=[
-            alt.Tooltip("arm:N"),
-            alt.Tooltip("mode_label:N", title="mode"),
-            alt.Tooltip("stage:N"),
-            alt.Tooltip("mean:Q", format=".4g"),
-            alt.Tooltip("ci95:Q", title="± 95 % CI", format=".3g"),
-        ],
-    )
-    chart = alt.layer(rule, points).properties(width=FULL_WIDTH, height=260)
-    return _finish(chart, f"Test {style.metric_name} before and after adaptation to the support set")
+    stages = ["before", "after"]
+    shape = alt.Shape("stage:N", sort=stages, scale=alt.Scale(domain=stages, range=["circle", "triangle-up"]), title="stage")
+    tooltip = [
+        alt.Tooltip("arm:N"),
+        alt.Tooltip("mode_label:N", title="mode"),
+        alt.Tooltip("stage:N"),
+        alt.Tooltip("mean:Q", format=".4g"),
+        alt.Tooltip("ci95:Q", title="± 95 % CI", format=".3g"),
+    ]
+    points = [
+        alt.Chart(data.filter(pl.col("stage") == stage))
+        .mark_point(size=80, strokeWidth=2, filled=filled, opacity=1)
+        .encode(x=x, xOffset=offset, y="mean:Q", color=colour, shape=shape, tooltip=tooltip)
+        for stage, filled in (("before", False), ("after", True))
+    ]
+    chart = alt.layer(rule, *points).properties(width=FULL_WIDTH, height=260)
+    return _finish(chart, f"Test {style.metric_label} before and after adaptation to the support set")
 
 
 def learning_curves_chart(curves: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
     """Validation metric vs iteration, one panel per mode (and all modes): mean over seeds, band = seed range."""
     data = style.scaled(_with_mode_labels(curves, style, "series"), ["mean", "low", "high"])
     present = data["arm"].unique().to_list()
-    base = alt.Chart().encode(x=alt.X("iteration:Q", title="meta-training iteration"))
+    iterations = sorted(set(data["iteration"].to_list()))
+    # Few validations (short studies): tick exactly at them, never at fractional iterations.
+    ticks = {"values": iterations} if len(iterations) <= 10 else {}
+    base = alt.Chart().encode(
+        x=alt.X("iteration:Q", title="meta-training iteration", axis=alt.Axis(format="d", **ticks))
+    )
     band = base.mark_area(opacity=0.18).encode(
-        y=alt.Y("low:Q", title=f"validation {style.metric_title}", scale=alt.Scale(zero=False)),
+        y=alt.Y("low:Q", title=f"validation {style.metric_unit}", scale=alt.Scale(zero=False)),
         y2="high:Q",
-        color=style.arm_colour(legend=False),
+        color=style.arm_colour(present=present),
     )
     line = base.mark_line(point=alt.OverlayMarkDef(size=25)).encode(
         y="mean:Q",
@@ -237,19 +252,20 @@ def speed_memory_chart(costs: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
 
 def metric_vs_parameters(costs: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
     """Scatter of the overall test metric against total parameters, error bars = t-interval over seeds."""
+    low = pl.col("metric") - pl.col("metric_ci95").fill_null(0.0)
+    high = pl.col("metric") + pl.col("metric_ci95").fill_null(0.0)
+    if style.percent:
+        # An interval over few seeds can reach past 0 or 1; accuracy cannot, so the bars stop there.
+        low, high = low.clip(0.0, 1.0), high.clip(0.0, 1.0)
     data = style.scaled(
-        costs.with_columns(
-            low=pl.col("metric") - pl.col("metric_ci95").fill_null(0.0),
-            high=pl.col("metric") + pl.col("metric_ci95").fill_null(0.0),
-        ),
-        ["metric", "metric_ci95", "low", "high"],
+        costs.with_columns(low=low, high=high), ["metric", "metric_ci95", "low", "high"]
     ).drop_nulls(["metric", "params_total"])
     totals = [t for t in data["params_total"].to_list() if t]
     log = bool(totals) and max(totals) / max(min(totals), 1) > 10
     x = alt.X(
         "params_total:Q",
         title="parameters (total)" + (", log scale" if log else ""),
-        scale=alt.Scale(type="log") if log else alt.Scale(zero=False, padding=30),
+        scale=alt.Scale(type="log", padding=40) if log else alt.Scale(zero=False, padding=40),
         axis=alt.Axis(format="~s"),
     )
     base = alt.Chart(data).encode(x=x, color=style.arm_colour())
@@ -265,7 +281,7 @@ def metric_vs_parameters(costs: pl.DataFrame, style: Style) -> alt.TopLevelMixin
     errors = base.mark_rule(strokeWidth=1.5).encode(y="low:Q", y2="high:Q")
     labels = base.mark_text(align="left", dx=8, dy=-6, fontSize=11).encode(y="metric:Q", text="arm:N")
     chart = alt.layer(errors, points, labels).properties(width=FULL_WIDTH, height=280)
-    return _finish(chart, f"Test {style.metric_name} (all modes) against model size")
+    return _finish(chart, f"Test {style.metric_label} (all modes) against model size")
 
 
 def history_chart(history: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
@@ -351,7 +367,7 @@ def parallel_chart(lines: pl.DataFrame, labels: pl.DataFrame, style: Style, axes
             x=x,
             y=y,
             detail="number:N",
-            color=alt.Color("val_metric:Q", scale=scheme, title=f"validation {style.metric_name}"),
+            color=alt.Color("val_metric:Q", scale=scheme, title=f"validation {style.metric_label}"),
             strokeDash=alt.StrokeDash(
                 "state:N", sort=["completed", "stopped_early"], scale=alt.Scale(domain=["completed", "stopped_early"], range=[[1, 0], [5, 3]]), title="state"
             ),

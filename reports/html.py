@@ -128,14 +128,14 @@ def _duration(seconds: float) -> str:
 
 class _Numbers:
     """Formats metric values with one precision per report: accuracy in percent with 2 decimals, MSE with
-    three significant digits of the largest value, so a column of numbers lines up."""
+    four significant digits of the largest value, so a column of numbers lines up."""
 
     def __init__(self, metric_name: str, values: Iterable[float | None]):
         self.percent = metric_name == "accuracy"
         finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
         largest = max(finite, default=1.0) or 1.0
-        self.decimals = 2 if self.percent else min(max(2 - math.floor(math.log10(largest)), 1), 6)
-        self.unit = "accuracy (%)" if self.percent else metric_name
+        self.decimals = 2 if self.percent else min(max(3 - math.floor(math.log10(largest)), 1), 6)
+        self.unit = "accuracy (%)" if self.percent else ("MSE" if metric_name == "mse" else metric_name)
 
     def __call__(self, value: float | None, signed: bool = False) -> str:
         if value is None or not math.isfinite(value):
@@ -161,6 +161,22 @@ def _html_table(frame: pl.DataFrame, headers: Mapping[str, str], formats: Mappin
             cells.append(f'<td class="{"name" if i == 0 else ""}">{text}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _param_value(value: Any) -> str:
+    """A searched value as a reader wants it: floats to 4 significant digits, everything else as is."""
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else _e(value)
+
+
+def _when(stamp: Any) -> str:
+    """An ISO 8601 time stamp as 'YYYY-MM-DD HH:MM:SS +zone' (other text unchanged)."""
+    try:
+        moment = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return str(stamp)
+    return moment.strftime("%Y-%m-%d %H:%M:%S %z").strip()
 
 
 def _count(value: Any) -> str:
@@ -193,14 +209,18 @@ def _header(run: RunData) -> str:
                 ),
             )
         )
-    seeds = spec.get("seeds") or _lookup(prov, "seeds")
-    facts.append(("seeds", _e(", ".join(str(s) for s in seeds or [])) + f" (episode seed {_e(spec.get('eval_seed', '?'))})"))
+    seeds = spec.get("seeds") or _lookup(prov, "seeds.training") or []
+    seed_notes = [f"episode seed {spec.get('eval_seed', '?')}"]
+    if spec.get("search"):
+        seed_notes.append(f"TPE sampler seed {spec['search'].get('sampler_seed', 0)}")
+    facts.append(("seeds", _e(", ".join(str(s) for s in seeds) + f" ({'; '.join(seed_notes)})")))
     if run.baseline:
         facts.append(("baseline arm", _e(run.baseline)))
     started = _lookup(prov, "started", "started_at", "start_time")
     finished = _lookup(prov, "finished", "finished_at", "end_time")
     if started or finished:
-        facts.append(("date", _e(f"{started or '?'} → {finished or 'not finished'}")))
+        end = _when(finished) if finished else "not finished"
+        facts.append(("date", _e(f"{_when(started) if started else '?'} → {end}")))
     else:
         stamp = datetime.fromtimestamp((run.run_dir / "trials.parquet").stat().st_mtime, tz=timezone.utc)
         facts.append(("date", _e(f"results written {stamp:%Y-%m-%d %H:%M} UTC")))
@@ -216,7 +236,7 @@ def _header(run: RunData) -> str:
         facts.append(("git commit", f"<code>{_e(commit)}</code>" + (" (uncommitted changes)" if dirty else "")))
     packages = _lookup(prov, "packages", "package_versions", "versions")
     if isinstance(packages, Mapping):
-        facts.append(("packages", " · ".join(f"{_e(k)} {_e(v)}" for k, v in packages.items())))
+        facts.append(("packages", " · ".join(f"{_e(k)} {_e(v)}" for k, v in packages.items() if v)))
     fingerprint = _lookup(prov, "benchmark.fingerprint", "benchmark_fingerprint")
     if fingerprint:
         facts.append(("benchmark fingerprint", f"<code>{_e(fingerprint)}</code>"))
@@ -224,6 +244,15 @@ def _header(run: RunData) -> str:
     if machine:
         text = ", ".join(f"{k} {v}" for k, v in machine.items()) if isinstance(machine, Mapping) else str(machine)
         facts.append(("machine", _e(text)))
+    concurrency = _lookup(prov, "concurrency")
+    if isinstance(concurrency, Mapping):
+        at_once = [
+            f"{phase}: {info.get('trials_at_once')} at once"
+            for phase, info in concurrency.items()
+            if isinstance(info, Mapping) and info.get("trials_at_once")
+        ]
+        if at_once:
+            facts.append(("concurrency", _e(", ".join(at_once))))
     dashboards = []
     ray_url = _lookup(prov, "ray.dashboard_url", "ray_dashboard_url", "dashboard_url", "ray_dashboard")
     if isinstance(ray_url, str) and ray_url.startswith(("http://", "https://")):
@@ -451,6 +480,7 @@ def _search_section(run: RunData, style: charts.Style) -> Section | None:
     formats: dict[str, Any] = {
         "rank": lambda v: "–" if v is None else str(v),
         "val_metric": numbers,
+        **{p: _param_value for p in params},
     }
     shown = best.with_columns(
         state=pl.when(pl.col("state") == "stopped_early")
@@ -458,7 +488,7 @@ def _search_section(run: RunData, style: charts.Style) -> Section | None:
         .otherwise(pl.format("{} ({}/{} iterations)", "state", "iterations_done", "budget_iterations"))
     )
     formats["state"] = lambda v: f'<span class="tag">{_e(v)}</span>' if str(v).startswith("stopped") else _e(v)
-    section.blocks.append(_html_table(shown.with_columns(pl.col(p).cast(pl.String) for p in params), {"rank": "rank", **{k: v for k, v in headers.items() if k != "rank"}}, formats))
+    section.blocks.append(_html_table(shown, headers, formats))
     return section
 
 
@@ -510,6 +540,11 @@ def _transference_section(run: RunData, style: charts.Style) -> Section | None:
             )
         )
         hist = tables.transference_histogram(tr, arms=transfer_arms)
+        section.blocks.append(
+            '<p class="caption">Histograms: share of an arm\'s source-target pairs per LR bin (bins shared by '
+            "all arms; ratios beyond the 1st and 99th percentile are gathered in the end bins); dashed line: "
+            "LR = 1, no transfer.</p>"
+        )
         section.blocks.append(("transference-histograms", charts.transference_histogram_chart(hist, tstyle)))
     matrix = tables.transference_matrix(tr, arms=transfer_arms, modes=run.modes)
     if matrix.height:

@@ -93,7 +93,7 @@ def test_header_facts(report: Path) -> None:
         "offline4: glyphs, emoji, icons, textures",
         "5-way 1-shot, 15 query per class",
         "100 meta-training iterations",
-        "0, 1 (episode seed 1234)",
+        "0, 1 (episode seed 1234; TPE sampler seed 0)",
         "0123456789abcdef0123456789abcdef01234567",
         "torch 2.13.0",
         "7 min 30 s",
