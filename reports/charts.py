@@ -13,13 +13,30 @@ from dataclasses import dataclass
 
 import altair as alt
 import polars as pl
-
 from mmlo.reports.tables import OVERALL, TRANSFER_CLASSES
 
 #: Arm colours, in arm order (Tableau 10, then Tableau 20's lighter tones for studies with many arms).
 ARM_COLOURS = (
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
-    "#a0cbe8", "#ffbe7d", "#8cd17d", "#b6992d", "#f1ce63", "#86bcb6", "#d37295", "#fabfd2", "#d4a6c8", "#79706e",
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+    "#a0cbe8",
+    "#ffbe7d",
+    "#8cd17d",
+    "#b6992d",
+    "#f1ce63",
+    "#86bcb6",
+    "#d37295",
+    "#fabfd2",
+    "#d4a6c8",
+    "#79706e",
 )
 STATE_COLOURS = {"completed": "#4e79a7", "stopped_early": "#f28e2b"}
 STATE_SHAPES = {"completed": "circle", "stopped_early": "triangle-down"}
@@ -142,11 +159,15 @@ def adaptation_chart(frame: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
     colour = style.arm_colour(present=data["arm"].unique().to_list())
     x = alt.X("mode_label:N", sort=style.mode_labels, title="mode", axis=alt.Axis(labelAngle=0))
     offset = alt.XOffset("arm:N", sort=list(style.arms))
-    rule = alt.Chart(wide).mark_rule(strokeWidth=2).encode(
-        x=x, xOffset=offset, y=alt.Y("before:Q", title=style.metric_title), y2="after:Q", color=colour
+    rule = (
+        alt.Chart(wide)
+        .mark_rule(strokeWidth=2)
+        .encode(x=x, xOffset=offset, y=alt.Y("before:Q", title=style.metric_title), y2="after:Q", color=colour)
     )
     stages = ["before", "after"]
-    shape = alt.Shape("stage:N", sort=stages, scale=alt.Scale(domain=stages, range=["circle", "triangle-up"]), title="stage")
+    shape = alt.Shape(
+        "stage:N", sort=stages, scale=alt.Scale(domain=stages, range=["circle", "triangle-up"]), title="stage"
+    )
     tooltip = [
         alt.Tooltip("arm:N"),
         alt.Tooltip("mode_label:N", title="mode"),
@@ -223,9 +244,7 @@ def parameters_chart(components: pl.DataFrame, style: Style) -> alt.TopLevelMixi
             order=alt.Order("component_order:Q"),
             tooltip=[alt.Tooltip("arm:N"), alt.Tooltip("component:N"), alt.Tooltip("parameters:Q", format=",")],
         )
-        .transform_calculate(
-            component_order="indexof(['backbone', 'encoder', 'generator'], datum.component)"
-        )
+        .transform_calculate(component_order="indexof(['backbone', 'encoder', 'generator'], datum.component)")
         .properties(width=FULL_WIDTH, height=max(60, 24 * len(style.arms)))
     )
     return _finish(chart, "Parameters per arm and component")
@@ -233,7 +252,9 @@ def parameters_chart(components: pl.DataFrame, style: Style) -> alt.TopLevelMixi
 
 def speed_memory_chart(costs: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
     """Two bar panels per arm: seconds per meta-training iteration and peak memory."""
-    base = alt.Chart(costs).encode(y=alt.Y("arm:N", sort=list(style.arms), title=None), color=style.arm_colour(legend=False))
+    base = alt.Chart(costs).encode(
+        y=alt.Y("arm:N", sort=list(style.arms), title=None), color=style.arm_colour(legend=False)
+    )
     speed = base.mark_bar().encode(
         x=alt.X("seconds_per_iteration:Q", title="seconds per iteration (mean over seeds)"),
         tooltip=[alt.Tooltip("arm:N"), alt.Tooltip("seconds_per_iteration:Q", title="s / iteration", format=".3g")],
@@ -257,9 +278,9 @@ def metric_vs_parameters(costs: pl.DataFrame, style: Style) -> alt.TopLevelMixin
     if style.percent:
         # An interval over few seeds can reach past 0 or 1; accuracy cannot, so the bars stop there.
         low, high = low.clip(0.0, 1.0), high.clip(0.0, 1.0)
-    data = style.scaled(
-        costs.with_columns(low=low, high=high), ["metric", "metric_ci95", "low", "high"]
-    ).drop_nulls(["metric", "params_total"])
+    data = style.scaled(costs.with_columns(low=low, high=high), ["metric", "metric_ci95", "low", "high"]).drop_nulls(
+        ["metric", "params_total"]
+    )
     totals = [t for t in data["params_total"].to_list() if t]
     log = bool(totals) and max(totals) / max(min(totals), 1) > 10
     x = alt.X(
@@ -302,7 +323,10 @@ def history_chart(history: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
             ),
             y=alt.Y("val_metric:Q", title=f"validation {style.metric_title}", scale=alt.Scale(zero=False)),
             color=alt.Color(
-                "state:N", sort=states, scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]), title="state"
+                "state:N",
+                sort=states,
+                scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]),
+                title="state",
             ),
             shape=alt.Shape(
                 "state:N", sort=states, scale=alt.Scale(domain=states, range=[STATE_SHAPES[s] for s in states])
@@ -331,7 +355,11 @@ def importance_chart(importance: pl.DataFrame) -> alt.TopLevelMixin:
         .mark_bar(color="#4e79a7")
         .encode(
             y=alt.Y("param:N", sort="-x", title=None),
-            x=alt.X("importance:Q", title="importance (share of variance explained, adjusted)", scale=alt.Scale(domain=[0, 1])),
+            x=alt.X(
+                "importance:Q",
+                title="importance (share of variance explained, adjusted)",
+                scale=alt.Scale(domain=[0, 1]),
+            ),
             tooltip=[
                 alt.Tooltip("param:N", title="parameter"),
                 alt.Tooltip("importance:Q", format=".3f"),
@@ -369,14 +397,23 @@ def parallel_chart(lines: pl.DataFrame, labels: pl.DataFrame, style: Style, axes
             detail="number:N",
             color=alt.Color("val_metric:Q", scale=scheme, title=f"validation {style.metric_label}"),
             strokeDash=alt.StrokeDash(
-                "state:N", sort=["completed", "stopped_early"], scale=alt.Scale(domain=["completed", "stopped_early"], range=[[1, 0], [5, 3]]), title="state"
+                "state:N",
+                sort=["completed", "stopped_early"],
+                scale=alt.Scale(domain=["completed", "stopped_early"], range=[[1, 0], [5, 3]]),
+                title="state",
             ),
-            tooltip=[alt.Tooltip("number:Q", title="trial"), alt.Tooltip("state:N"), alt.Tooltip("val_metric:Q", format=".4g")],
+            tooltip=[
+                alt.Tooltip("number:Q", title="trial"),
+                alt.Tooltip("state:N"),
+                alt.Tooltip("val_metric:Q", format=".4g"),
+            ],
         )
     )
     rails = alt.Chart(labels).mark_rule(color="#bbb").encode(x=x)
-    ticks = alt.Chart(labels).mark_text(align="left", dx=5, dy=-8, fontSize=11, color="#333").encode(
-        x=x, y=y, text="label:N"
+    ticks = (
+        alt.Chart(labels)
+        .mark_text(align="left", dx=5, dy=-8, fontSize=11, color="#333")
+        .encode(x=x, y=y, text="label:N")
     )
     chart = alt.layer(rails, trial_lines, ticks).properties(width=FULL_WIDTH, height=260)
     return _finish(chart, "Parallel coordinates of the search (dashed: stopped early)")
@@ -422,7 +459,10 @@ def transference_shares_chart(shares: pl.DataFrame, style: Style) -> alt.TopLeve
     )
     bars = base.mark_bar().encode(
         color=alt.Color(
-            "transfer:N", sort=classes, scale=alt.Scale(domain=classes, range=list(TRANSFER_COLOURS.values())), title="transfer"
+            "transfer:N",
+            sort=classes,
+            scale=alt.Scale(domain=classes, range=list(TRANSFER_COLOURS.values())),
+            title="transfer",
         ),
         tooltip=[alt.Tooltip("arm:N"), alt.Tooltip("transfer:N"), alt.Tooltip("share:Q", format=".1%")],
     )
@@ -447,21 +487,31 @@ def transference_matrix_chart(matrix: pl.DataFrame, style: Style) -> alt.TopLeve
         scale=alt.Scale(scheme="redblue", reverse=True, domain=[1.0 - spread, 1.0 + spread], domainMid=1.0),
         title="mean LR",
     )
-    cells = alt.Chart().mark_rect().encode(
-        x=alt.X("target_mode:N", sort=modes, title="target mode", axis=alt.Axis(labelAngle=-30)),
-        y=alt.Y("source_mode:N", sort=modes, title="source mode"),
-        color=colour,
-        tooltip=[
-            alt.Tooltip("arm:N"),
-            alt.Tooltip("iteration:Q"),
-            alt.Tooltip("source_mode:N", title="source"),
-            alt.Tooltip("target_mode:N", title="target"),
-            alt.Tooltip("mean_lr:Q", title="mean LR", format=".4f"),
-            alt.Tooltip("n:Q", title="pairs"),
-        ],
+    cells = (
+        alt.Chart()
+        .mark_rect()
+        .encode(
+            x=alt.X("target_mode:N", sort=modes, title="target mode", axis=alt.Axis(labelAngle=-30)),
+            y=alt.Y("source_mode:N", sort=modes, title="source mode"),
+            color=colour,
+            tooltip=[
+                alt.Tooltip("arm:N"),
+                alt.Tooltip("iteration:Q"),
+                alt.Tooltip("source_mode:N", title="source"),
+                alt.Tooltip("target_mode:N", title="target"),
+                alt.Tooltip("mean_lr:Q", title="mean LR", format=".4f"),
+                alt.Tooltip("n:Q", title="pairs"),
+            ],
+        )
     )
-    text = alt.Chart().mark_text(fontSize=10).encode(
-        x=alt.X("target_mode:N", sort=modes), y=alt.Y("source_mode:N", sort=modes), text=alt.Text("mean_lr:Q", format=".3f")
+    text = (
+        alt.Chart()
+        .mark_text(fontSize=10)
+        .encode(
+            x=alt.X("target_mode:N", sort=modes),
+            y=alt.Y("source_mode:N", sort=modes),
+            text=alt.Text("mean_lr:Q", format=".3f"),
+        )
     )
     side = max(120, 42 * len(modes))
     arms = [a for a in style.arms if a in set(matrix["arm"].to_list())]
@@ -469,7 +519,9 @@ def transference_matrix_chart(matrix: pl.DataFrame, style: Style) -> alt.TopLeve
         alt.layer(cells, text, data=matrix)
         .properties(width=side, height=side)
         .facet(
-            row=alt.Row("arm:N", sort=arms, title=None, header=alt.Header(labelAngle=0, labelAlign="left", labelLimit=160)),
+            row=alt.Row(
+                "arm:N", sort=arms, title=None, header=alt.Header(labelAngle=0, labelAlign="left", labelLimit=160)
+            ),
             column=alt.Column("iteration:O", title="iteration"),
         )
     )

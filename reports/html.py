@@ -16,13 +16,12 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import altair as alt
 import polars as pl
-
 from mmlo.reports import charts, tables
 from mmlo.reports.errors import ReportError
 from mmlo.reports.rundir import TABLE_PHASES, RunData, load_run
@@ -222,7 +221,7 @@ def _header(run: RunData) -> str:
         end = _when(finished) if finished else "not finished"
         facts.append(("date", _e(f"{_when(started) if started else '?'} → {end}")))
     else:
-        stamp = datetime.fromtimestamp((run.run_dir / "trials.parquet").stat().st_mtime, tz=timezone.utc)
+        stamp = datetime.fromtimestamp((run.run_dir / "trials.parquet").stat().st_mtime, tz=UTC)
         facts.append(("date", _e(f"results written {stamp:%Y-%m-%d %H:%M} UTC")))
     wall = _lookup(prov, "wall_seconds", "wall_s", "duration_s")
     if wall is not None:
@@ -259,7 +258,9 @@ def _header(run: RunData) -> str:
         dashboards.append(f'Ray dashboard (while the study ran): <a href="{_e(ray_url)}">{_e(ray_url)}</a>')
     journal = run.run_dir / "optuna.journal"
     if journal.exists():
-        dashboards.append(f"Optuna: <code>optuna-dashboard {_e(journal)}</code> (needs <code>pip install 'mmlo[dashboard]'</code>)")
+        dashboards.append(
+            f"Optuna: <code>optuna-dashboard {_e(journal)}</code> (needs <code>pip install 'mmlo[dashboard]'</code>)"
+        )
     if dashboards:
         facts.append(("dashboards", "<br>".join(dashboards)))
     facts.append(("trials", _state_summary(run)))
@@ -287,6 +288,13 @@ def _state_summary(run: RunData) -> str:
 def _short(reason: str | None, limit: int = 160) -> str:
     text = (reason or "no reason recorded").strip().splitlines()[0] if reason else "no reason recorded"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _missing(run: RunData, why: str) -> str:
+    """The note shown in place of an ablation section without data: a search-only study, or ``why``."""
+    ran = run.trials["phase"].is_in(TABLE_PHASES).any()
+    text = why if ran else "This study ran no ablation arms (a search only), so there is nothing to show here."
+    return f'<p class="note">{_e(text)}</p>'
 
 
 def _ablation_html(table: pl.DataFrame, run: RunData, numbers: _Numbers) -> str:
@@ -340,8 +348,9 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
         + ("dashed line: chance (1/ways)." if style.chance is not None else "compare bar heights within a mode."),
     )
     if episodes is None:
-        note = '<p class="note">No test episodes were recorded for the ablation arms (every trial failed or none ran).</p>'
-        table_section.blocks.append(note)
+        table_section.blocks.append(
+            _missing(run, "No test episodes were recorded for the ablation arms (every trial failed).")
+        )
         return [table_section], None
     table = tables.ablation_table(
         episodes, arms=run.arms, modes=run.modes, baseline=run.baseline, higher_is_better=run.higher_is_better
@@ -369,7 +378,7 @@ def _curves_section(run: RunData, style: charts.Style) -> Section:
     )
     progress = run.progress.filter(pl.col("phase").is_in(TABLE_PHASES)) if run.progress is not None else None
     if progress is None or progress.height == 0:
-        section.blocks.append('<p class="note">No validation reports were recorded for the ablation arms.</p>')
+        section.blocks.append(_missing(run, "No validation reports were recorded for the ablation arms."))
         return section
     curves = tables.learning_curves(progress, arms=run.arms, modes=run.modes)
     section.blocks.append(("learning-curves", charts.learning_curves_chart(curves, style)))
@@ -385,10 +394,9 @@ def _cost_section(run: RunData, style: charts.Style, table: pl.DataFrame | None)
         "(error bars: t-interval over seeds).",
     )
     trials = run.trials.filter(pl.col("phase").is_in(TABLE_PHASES))
-    empty = pl.DataFrame(schema={"arm": pl.String, "mode": pl.String, "seed_mean": pl.Float64, "seed_ci95": pl.Float64, "ci95": pl.Float64})
-    costs = tables.arm_costs(trials, table if table is not None else empty, arms=run.arms)
+    costs = tables.arm_costs(trials, table, arms=run.arms)
     if costs.height == 0:
-        section.blocks.append('<p class="note">No ablation trial finished, so there are no costs to show.</p>')
+        section.blocks.append(_missing(run, "No ablation trial finished, so there are no costs to show."))
         return section
     numbers = _Numbers(run.metric_name, costs["metric"].to_list())
     shown = costs.with_columns(
@@ -421,7 +429,9 @@ def _cost_section(run: RunData, style: charts.Style, table: pl.DataFrame | None)
             },
         )
     )
-    section.blocks.append(("parameters", charts.parameters_chart(tables.parameter_components(costs, arms=run.arms), style)))
+    section.blocks.append(
+        ("parameters", charts.parameters_chart(tables.parameter_components(costs, arms=run.arms), style))
+    )
     section.blocks.append(("speed-memory", charts.speed_memory_chart(costs, style)))
     if costs["metric"].drop_nulls().len():
         section.blocks.append(("metric-vs-parameters", charts.metric_vs_parameters(costs, style)))
@@ -460,7 +470,9 @@ def _search_section(run: RunData, style: charts.Style) -> Section | None:
     if usable.height:
         section.blocks.append(("search-importance", charts.importance_chart(usable)))
     else:
-        section.blocks.append('<p class="note">Too few trials (fewer than 3 per parameter) to estimate importances.</p>')
+        section.blocks.append(
+            '<p class="note">Too few trials (fewer than 3 per parameter) to estimate importances.</p>'
+        )
     lines, labels = tables.parallel_coordinates(run.trials, space, metric_label=run.metric_name)
     if lines.height:
         section.blocks.append(
@@ -476,7 +488,13 @@ def _search_section(run: RunData, style: charts.Style) -> Section | None:
         "early-stopped trials follow unranked, marked with the iterations they ran.</p>"
     )
     numbers = _Numbers(run.metric_name, best["val_metric"].to_list())
-    headers = {"rank": "rank", "trial_id": "trial", **{p: p for p in params}, "val_metric": f"validation {numbers.unit}", "state": "state"}
+    headers = {
+        "rank": "rank",
+        "trial_id": "trial",
+        **{p: p for p in params},
+        "val_metric": f"validation {numbers.unit}",
+        "state": "state",
+    }
     formats: dict[str, Any] = {
         "rank": lambda v: "–" if v is None else str(v),
         "val_metric": numbers,
@@ -508,7 +526,11 @@ def _transference_section(run: RunData, style: charts.Style) -> Section | None:
         a for a in tr["arm"].unique(maintain_order=True).to_list() if a not in run.arms
     ]
     tstyle = charts.Style(
-        arms=tuple(transfer_arms), modes=run.modes, metric_name=run.metric_name, higher_is_better=run.higher_is_better, chance=style.chance
+        arms=tuple(transfer_arms),
+        modes=run.modes,
+        metric_name=run.metric_name,
+        higher_is_better=run.higher_is_better,
+        chance=style.chance,
     )
     if shares.height:
         band = shares["neutral_band"].max()
@@ -559,7 +581,9 @@ def _transference_section(run: RunData, style: charts.Style) -> Section | None:
 
 def _failures_section(run: RunData) -> Section:
     failed = tables.failed_trials(run.trials)
-    section = Section("failures", "Failures", "Every failed trial with the reason it recorded; the study went on without it.")
+    section = Section(
+        "failures", "Failures", "Every failed trial with the reason it recorded; the study went on without it."
+    )
     if failed.height == 0:
         section.blocks.append('<p class="note">No trial failed.</p>')
         return section
@@ -574,7 +598,11 @@ def _failures_section(run: RunData) -> Section:
                 "iterations_done": "iterations done",
                 "failure_reason": "reason",
             },
-            {"failure_reason": lambda v: f'<span style="text-align:left;display:block">{_e(v or "no reason recorded")}</span>'},
+            {
+                "failure_reason": lambda v: (
+                    f'<span style="text-align:left;display:block">{_e(v or "no reason recorded")}</span>'
+                )
+            },
         )
     )
     return section
@@ -617,7 +645,9 @@ def render_html(run: RunData, sections: Sequence[Section]) -> tuple[str, dict[st
     nav = " ".join(f'<a href="#{s.anchor}">{_e(s.title)}</a>' for s in sections)
     body.append(f"<nav>{nav}</nav>")
     for section in sections:
-        parts = [f'<section id="{section.anchor}"><h2>{_e(section.title)}</h2><p class="caption">{_e(section.caption)}</p>']
+        parts = [
+            f'<section id="{section.anchor}"><h2>{_e(section.title)}</h2><p class="caption">{_e(section.caption)}</p>'
+        ]
         for block in section.blocks:
             if isinstance(block, str):
                 parts.append(block)
@@ -629,10 +659,11 @@ def render_html(run: RunData, sections: Sequence[Section]) -> tuple[str, dict[st
         parts.append("</section>")
         body.append("".join(parts))
     spec_json = json.dumps(specs, separators=(",", ":")).replace("<", "\\u003c")
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     document = (
         "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>mmlo report: {_e(run.study_name)}</title><style>{_CSS}</style>"
         f"<script>{_ERROR_SCRIPT}</script></head><body><main>"
         f'<pre id="mmlo-js-errors" hidden></pre>'

@@ -16,7 +16,6 @@ from typing import Any
 
 import polars as pl
 import yaml
-
 from mmlo.reports.errors import ReportError
 
 #: Phases whose trials are rows of the ablation table (confirm re-runs the best search configurations).

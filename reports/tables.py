@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
-
 from mmlo.reports.importance import parameter_importance
 from mmlo.reports.stats import Z95, t95
 
@@ -30,7 +29,9 @@ TRANSFER_CLASSES = ("positive", "neutral", "negative")
 
 def _rank(column: str, order: Sequence[str]) -> pl.Expr:
     """Position of ``column``'s value in ``order`` (unknown values last), for sorting by the study's order."""
-    return pl.col(column).replace_strict(list(order), list(range(len(order))), default=len(order), return_dtype=pl.Int64)
+    return pl.col(column).replace_strict(
+        list(order), list(range(len(order))), default=len(order), return_dtype=pl.Int64
+    )
 
 
 def _sorted(frame: pl.DataFrame, arms: Sequence[str], modes: Sequence[str] | None = None) -> pl.DataFrame:
@@ -185,12 +186,12 @@ def learning_curves(progress: pl.DataFrame, *, arms: Sequence[str], modes: Seque
     return curves.sort([_rank("arm", arms), _rank("series", [OVERALL, *modes]), "iteration"])
 
 
-def arm_costs(trials: pl.DataFrame, table: pl.DataFrame, *, arms: Sequence[str]) -> pl.DataFrame:
+def arm_costs(trials: pl.DataFrame, table: pl.DataFrame | None, *, arms: Sequence[str]) -> pl.DataFrame:
     """The cost of each arm next to its overall result.
 
     Over the arm's trials that did not fail: parameter counts (identical across seeds; the first is kept),
     mean seconds per iteration and wall seconds, the largest peak memory; plus the OVERALL seed_mean and
-    seed_ci95 (ci95 over episodes when there is one seed) from ``table``.
+    seed_ci95 (ci95 over episodes when there is one seed) from the ablation ``table`` (null without one).
     """
     ok = trials.filter(pl.col("state") != "failed")
     costs = ok.group_by("arm").agg(
@@ -203,6 +204,8 @@ def arm_costs(trials: pl.DataFrame, table: pl.DataFrame, *, arms: Sequence[str])
         wall_seconds=pl.col("wall_seconds").mean(),
         peak_memory_mb=pl.col("peak_memory_mb").max(),
     )
+    if table is None:
+        return _sorted(costs.with_columns(metric=pl.lit(None, pl.Float64), metric_ci95=pl.lit(None, pl.Float64)), arms)
     overall = table.filter(pl.col("mode") == OVERALL).select(
         "arm", metric=pl.col("seed_mean"), metric_ci95=pl.coalesce("seed_ci95", "ci95")
     )
@@ -299,8 +302,8 @@ def common_iteration(progress: pl.DataFrame | None, trial_ids: Sequence[str]) ->
     """The last validation iteration that every one of ``trial_ids`` reached (None without progress rows)."""
     if progress is None or not trial_ids:
         return None
-    reached = progress.filter(pl.col("trial_id").is_in(list(trial_ids))).group_by("trial_id").agg(
-        pl.col("iteration").max()
+    reached = (
+        progress.filter(pl.col("trial_id").is_in(list(trial_ids))).group_by("trial_id").agg(pl.col("iteration").max())
     )
     if reached.height < len(set(trial_ids)):
         return None
@@ -366,6 +369,7 @@ def parallel_coordinates(
 
             def position(v: Any, to_axis: Any = to_axis, low: float = low, width: float = width) -> float | None:
                 return (to_axis(float(v)) - to_axis(low)) / width
+
         for r in records:
             if r[param] is not None:
                 lines.append({**_line_keys(r), "axis": param, "position": position(r[param])})
@@ -378,7 +382,13 @@ def parallel_coordinates(
             for r in records
             if r["val_metric"] is not None
         ]
-    line_schema = {"number": pl.Int64, "state": pl.String, "val_metric": pl.Float64, "axis": pl.String, "position": pl.Float64}
+    line_schema = {
+        "number": pl.Int64,
+        "state": pl.String,
+        "val_metric": pl.Float64,
+        "axis": pl.String,
+        "position": pl.Float64,
+    }
     label_schema = {"axis": pl.String, "position": pl.Float64, "label": pl.String}
     return pl.DataFrame(lines, schema=line_schema), pl.DataFrame(labels, schema=label_schema)
 
@@ -389,16 +399,25 @@ def _line_keys(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def state_counts(trials: pl.DataFrame) -> pl.DataFrame:
     """Trials per phase and state (completed | stopped_early | failed)."""
-    return trials.group_by(["phase", "state"]).agg(n=pl.len().cast(pl.Int64)).sort(
-        [_rank("phase", ["ablation", "search", "confirm"]), _rank("state", ["completed", "stopped_early", "failed"])]
+    return (
+        trials.group_by(["phase", "state"])
+        .agg(n=pl.len().cast(pl.Int64))
+        .sort(
+            [
+                _rank("phase", ["ablation", "search", "confirm"]),
+                _rank("state", ["completed", "stopped_early", "failed"]),
+            ]
+        )
     )
 
 
 def failed_trials(trials: pl.DataFrame) -> pl.DataFrame:
     """Each failed trial with its reason, in phase and arm order."""
-    return trials.filter(pl.col("state") == "failed").select(
-        "phase", "arm", "seed", "trial_id", "iterations_done", "budget_iterations", "failure_reason"
-    ).sort([_rank("phase", ["ablation", "search", "confirm"]), "arm", "seed"])
+    return (
+        trials.filter(pl.col("state") == "failed")
+        .select("phase", "arm", "seed", "trial_id", "iterations_done", "budget_iterations", "failure_reason")
+        .sort([_rank("phase", ["ablation", "search", "confirm"]), "arm", "seed"])
+    )
 
 
 def _final_transference(transference: pl.DataFrame) -> pl.DataFrame:
@@ -407,7 +426,11 @@ def _final_transference(transference: pl.DataFrame) -> pl.DataFrame:
     rows = transference.filter(last & pl.col("lr").is_finite())
     neutral = (1.0 - pl.col("lr")).abs() < pl.col("neutral_band")
     return rows.with_columns(
-        transfer=pl.when(neutral).then(pl.lit("neutral")).when(pl.col("lr") < 1.0).then(pl.lit("positive")).otherwise(pl.lit("negative"))
+        transfer=pl.when(neutral)
+        .then(pl.lit("neutral"))
+        .when(pl.col("lr") < 1.0)
+        .then(pl.lit("positive"))
+        .otherwise(pl.lit("negative"))
     )
 
 
@@ -419,11 +442,15 @@ def transference_shares(transference: pl.DataFrame, *, arms: Sequence[str]) -> p
     positive, neutral, negative (fractions), neutral_band, self_lr (mean self-transference), n_self.
     """
     rows = _final_transference(transference)
-    cross = rows.filter(~pl.col("self")).group_by("arm").agg(
-        iteration=pl.col("iteration").max().cast(pl.Int64),
-        n_pairs=pl.len().cast(pl.Int64),
-        neutral_band=pl.col("neutral_band").max(),
-        **{c: (pl.col("transfer") == c).mean() for c in TRANSFER_CLASSES},
+    cross = (
+        rows.filter(~pl.col("self"))
+        .group_by("arm")
+        .agg(
+            iteration=pl.col("iteration").max().cast(pl.Int64),
+            n_pairs=pl.len().cast(pl.Int64),
+            neutral_band=pl.col("neutral_band").max(),
+            **{c: (pl.col("transfer") == c).mean() for c in TRANSFER_CLASSES},
+        )
     )
     own = rows.filter(pl.col("self")).group_by("arm").agg(self_lr=pl.col("lr").mean(), n_self=pl.len().cast(pl.Int64))
     return _sorted(cross.join(own, on="arm", how="left"), arms)
@@ -467,6 +494,4 @@ def transference_matrix(transference: pl.DataFrame, *, arms: Sequence[str], mode
     matrix = rows.group_by(["arm", "iteration", "source_mode", "target_mode"]).agg(
         mean_lr=pl.col("lr").mean(), n=pl.len().cast(pl.Int64)
     )
-    return matrix.sort(
-        [_rank("arm", arms), "iteration", _rank("source_mode", modes), _rank("target_mode", modes)]
-    )
+    return matrix.sort([_rank("arm", arms), "iteration", _rank("source_mode", modes), _rank("target_mode", modes)])

@@ -124,7 +124,11 @@ def write_synthetic_run(
     (run / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
     skill = {"ProtoNet": 0.0, "MMAML (FiLM)": 0.04, "KML-ProtoNet": 0.08}
-    base = {m: 0.45 + 0.08 * i for i, m in enumerate(modes)} if metric == "accuracy" else {m: 1.5 - 0.4 * i for i, m in enumerate(modes)}
+    base = (
+        {m: 0.45 + 0.08 * i for i, m in enumerate(modes)}
+        if metric == "accuracy"
+        else {m: 1.5 - 0.4 * i for i, m in enumerate(modes)}
+    )
     trials, progress, episode_rows, transfer_rows = [], [], [], []
     for a, arm in enumerate(ARMS):
         for seed in SEEDS:
@@ -132,12 +136,23 @@ def write_synthetic_run(
             final = {}
             for it in range(20, 101, 20):
                 frac = it / 100
-                row = {"study": name, "phase": "ablation", "trial_id": trial_id, "arm": arm, "seed": seed,
-                       "iteration": it, "elapsed_s": 0.3 * it, "train_loss": 1.6 - frac + 0.05 * rng.standard_normal(),
-                       "lr": 0.001}
+                row = {
+                    "study": name,
+                    "phase": "ablation",
+                    "trial_id": trial_id,
+                    "arm": arm,
+                    "seed": seed,
+                    "iteration": it,
+                    "elapsed_s": 0.3 * it,
+                    "train_loss": 1.6 - frac + 0.05 * rng.standard_normal(),
+                    "lr": 0.001,
+                }
                 for m in modes:
-                    value = (0.2 + (base[m] + skill[arm] - 0.2) * frac if metric == "accuracy"
-                             else base[m] * (2 - frac) * (1 - skill[arm]))
+                    value = (
+                        0.2 + (base[m] + skill[arm] - 0.2) * frac
+                        if metric == "accuracy"
+                        else base[m] * (2 - frac) * (1 - skill[arm])
+                    )
                     row[f"val_{m}"] = float(value + 0.01 * rng.standard_normal())
                 row["val_metric"] = float(np.mean([row[f"val_{m}"] for m in modes]))
                 final = row
@@ -152,31 +167,74 @@ def write_synthetic_run(
                     else:
                         after = float(max(base[m] * (1 - skill[arm]) + difficulty + 0.05 * rng.standard_normal(), 0.01))
                         before = after * 3 if arm == "MMAML (FiLM)" else None
-                    episode_rows.append({"study": name, "phase": "ablation", "trial_id": trial_id, "arm": arm,
-                                         "seed": seed, "split": "test", "mode": m, "episode": e,
-                                         "episode_seed": 1000 * modes.index(m) + e, "metric": metric,
-                                         "value_before": before, "value_after": after})
+                    episode_rows.append(
+                        {
+                            "study": name,
+                            "phase": "ablation",
+                            "trial_id": trial_id,
+                            "arm": arm,
+                            "seed": seed,
+                            "split": "test",
+                            "mode": m,
+                            "episode": e,
+                            "episode_seed": 1000 * modes.index(m) + e,
+                            "metric": metric,
+                            "value_before": before,
+                            "value_after": after,
+                        }
+                    )
             if transference:
                 for it in (50, 100):
                     for sm in modes:
                         for tm in modes:
                             for s in range(3):
-                                lr = float(1.0 + (0.05 if sm != tm else -0.08) - 0.02 * a + 0.04 * rng.standard_normal())
-                                transfer_rows.append({"study": name, "phase": "ablation", "trial_id": trial_id,
-                                                      "arm": arm, "seed": seed, "iteration": it,
-                                                      "source_split": "train", "target_split": "test",
-                                                      "source_mode": sm, "target_mode": tm,
-                                                      "source_task": 10 * s + modes.index(sm),
-                                                      "target_task": 500 + modes.index(tm), "self": False,
-                                                      "loss_before": 1.0, "loss_after": lr, "lr": lr,
-                                                      "alpha": 0.001, "neutral_band": 0.01})
-                        transfer_rows.append({"study": name, "phase": "ablation", "trial_id": trial_id, "arm": arm,
-                                              "seed": seed, "iteration": it, "source_split": "test",
-                                              "target_split": "test", "source_mode": sm, "target_mode": sm,
-                                              "source_task": 500 + modes.index(sm),
-                                              "target_task": 500 + modes.index(sm), "self": True,
-                                              "loss_before": 1.0, "loss_after": 0.9, "lr": 0.9, "alpha": 0.001,
-                                              "neutral_band": 0.01})
+                                lr = float(
+                                    1.0 + (0.05 if sm != tm else -0.08) - 0.02 * a + 0.04 * rng.standard_normal()
+                                )
+                                transfer_rows.append(
+                                    {
+                                        "study": name,
+                                        "phase": "ablation",
+                                        "trial_id": trial_id,
+                                        "arm": arm,
+                                        "seed": seed,
+                                        "iteration": it,
+                                        "source_split": "train",
+                                        "target_split": "test",
+                                        "source_mode": sm,
+                                        "target_mode": tm,
+                                        "source_task": 10 * s + modes.index(sm),
+                                        "target_task": 500 + modes.index(tm),
+                                        "self": False,
+                                        "loss_before": 1.0,
+                                        "loss_after": lr,
+                                        "lr": lr,
+                                        "alpha": 0.001,
+                                        "neutral_band": 0.01,
+                                    }
+                                )
+                        transfer_rows.append(
+                            {
+                                "study": name,
+                                "phase": "ablation",
+                                "trial_id": trial_id,
+                                "arm": arm,
+                                "seed": seed,
+                                "iteration": it,
+                                "source_split": "test",
+                                "target_split": "test",
+                                "source_mode": sm,
+                                "target_mode": sm,
+                                "source_task": 500 + modes.index(sm),
+                                "target_task": 500 + modes.index(sm),
+                                "self": True,
+                                "loss_before": 1.0,
+                                "loss_after": 0.9,
+                                "lr": 0.9,
+                                "alpha": 0.001,
+                                "neutral_band": 0.01,
+                            }
+                        )
     search = [
         ("kml", "residual", 0.003, "completed", 100, None),
         ("mprotonet", None, 0.0005, "stopped_early", 40, None),
@@ -192,14 +250,37 @@ def write_synthetic_run(
         for it in range(20, done + 1, 20):
             v = 0.3 + (0.3 + good) * it / 100
             value = v if metric == "accuracy" else 2.0 - v
-            row = {"study": name, "phase": "search", "trial_id": trial_id, "arm": f"search {i}", "seed": 0,
-                   "iteration": it, "elapsed_s": 0.3 * it, "train_loss": 1.0, "lr": lr, "val_metric": value}
+            row = {
+                "study": name,
+                "phase": "search",
+                "trial_id": trial_id,
+                "arm": f"search {i}",
+                "seed": 0,
+                "iteration": it,
+                "elapsed_s": 0.3 * it,
+                "train_loss": 1.0,
+                "lr": lr,
+                "val_metric": value,
+            }
             row.update({f"val_{m}": value for m in modes})
             progress.append(row)
-        trials.append(_trial_row(name, "search", trial_id, f"search {i}", 0, metric, state=state,
-                                 failure_reason=reason, iterations_done=done,
-                                 val_metric=None if state == "failed" else value, cfg_learner=learner,
-                                 cfg_kml_variant=variant or "multiplicative", cfg_lr=lr))
+        trials.append(
+            _trial_row(
+                name,
+                "search",
+                trial_id,
+                f"search {i}",
+                0,
+                metric,
+                state=state,
+                failure_reason=reason,
+                iterations_done=done,
+                val_metric=None if state == "failed" else value,
+                cfg_learner=learner,
+                cfg_kml_variant=variant or "multiplicative",
+                cfg_lr=lr,
+            )
+        )
     pl.DataFrame(trials).write_parquet(run / "trials.parquet")
     pl.DataFrame(progress).write_parquet(run / "progress.parquet")
     pl.DataFrame(episode_rows, schema_overrides={"value_before": pl.Float64}).write_parquet(run / "episodes.parquet")

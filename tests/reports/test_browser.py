@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from mmlo.reports.html import write_report
+from PIL import Image
 
 pytestmark = pytest.mark.browser
 
@@ -113,7 +112,16 @@ def test_smoke_study_report_in_chromium(tmp_path: Path) -> None:
         out = tmp_path / "runs"
         root = Path(__file__).resolve().parents[2]
         study = subprocess.run(
-            [sys.executable, "-m", "mmlo.orchestrator", "study", str(root / "studies" / "smoke.yaml"), "--out", str(out), "--no-dashboard"],
+            [
+                sys.executable,
+                "-m",
+                "mmlo.orchestrator",
+                "study",
+                str(root / "studies" / "smoke.yaml"),
+                "--out",
+                str(out),
+                "--no-dashboard",
+            ],
             capture_output=True,
             text=True,
             timeout=900,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from mmlo.reports.errors import ReportError
 from mmlo.reports.html import build_sections, render_html, write_pngs, write_report
 from mmlo.reports.rundir import load_run
@@ -84,7 +83,7 @@ def test_section_order_and_captions(report: Path) -> None:
     assert text.count('<p class="caption">') >= len(sections)
 
 
-# The header carries the study, benchmark, tasks, budget, seeds, commit, packages, wall time, states and failure reasons.
+# The header names study, benchmark, tasks, budget, seeds, commit, packages, wall time, states, failure reasons.
 def test_header_facts(report: Path) -> None:
     text = report.read_text(encoding="utf-8")
     head = text[: text.index('<section id="ablation"')]
@@ -182,3 +181,14 @@ def test_no_heavy_imports(synthetic_run: Path, tmp_path: Path) -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# A search-only study (no arms) says so in the ablation sections instead of pretending trials failed.
+def test_search_only_study(make_run) -> None:
+    run_dir = make_run(name="search-only", transference=False)
+    for table in ("trials", "episodes", "progress"):
+        frame = pl.read_parquet(run_dir / f"{table}.parquet")
+        frame.filter(pl.col("phase") == "search").write_parquet(run_dir / f"{table}.parquet")
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert text.count("This study ran no ablation arms") == 3
+    assert '<section id="search">' in text

@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-
 from mmlo.reports.importance import epsilon_squared, parameter_importance
 
 
@@ -28,12 +27,7 @@ def test_planted_effect_ranking() -> None:
     modulation = rng.choice(["film", "kml", "sigmoid"], size=n)
     inner_lr = np.exp(rng.uniform(np.log(1e-3), np.log(1.0), size=n))
     noise_param = rng.uniform(0, 1, size=n)
-    value = (
-        0.5
-        + 0.15 * (modulation == "kml")
-        + 0.02 * np.log10(inner_lr)
-        + 0.01 * rng.standard_normal(n)
-    )
+    value = 0.5 + 0.15 * (modulation == "kml") + 0.02 * np.log10(inner_lr) + 0.01 * rng.standard_normal(n)
     frame = pl.DataFrame({"modulation": modulation, "inner_lr": inner_lr, "seed_offset": noise_param, "value": value})
     importance = parameter_importance(frame, ["seed_offset", "inner_lr", "modulation"])
     assert importance["param"].to_list() == ["modulation", "inner_lr", "seed_offset"]
@@ -45,9 +39,7 @@ def test_planted_effect_ranking() -> None:
 
 # A conditional parameter counts only the trials that sampled it (nulls are left out).
 def test_conditional_parameter_uses_sampled_trials() -> None:
-    frame = pl.DataFrame(
-        {"variant": ["a", "a", "b", "b", None, None], "value": [1.0, 1.1, 2.0, 2.1, 9.0, -9.0]}
-    )
+    frame = pl.DataFrame({"variant": ["a", "a", "b", "b", None, None], "value": [1.0, 1.1, 2.0, 2.1, 9.0, -9.0]})
     row = parameter_importance(frame, ["variant"]).row(0, named=True)
     assert row["n_trials"] == 4
     assert row["importance"] > 0.9

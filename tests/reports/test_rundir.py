@@ -6,7 +6,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-
 from mmlo.reports.errors import ReportError
 from mmlo.reports.rundir import load_run
 

@@ -3,14 +3,21 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from mmlo.reports.stats import regularized_beta, student_t_cdf, student_t_quantile, t95
 
 
 # t_{0.975, df} matches the printed table (Fisher & Yates, 9 significant digits) for the seed counts a study uses.
 @pytest.mark.parametrize(
     ("k", "expected"),
-    [(2, 12.7062047), (3, 4.30265273), (4, 3.18244631), (5, 2.77644511), (6, 2.57058184), (11, 2.22813885), (31, 2.04227246)],
+    [
+        (2, 12.7062047),
+        (3, 4.30265273),
+        (4, 3.18244631),
+        (5, 2.77644511),
+        (6, 2.57058184),
+        (11, 2.22813885),
+        (31, 2.04227246),
+    ],
 )
 def test_t95_matches_table(k: int, expected: float) -> None:
     assert t95(k) == pytest.approx(expected, abs=5e-8)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from mmlo.reports import tables
 from mmlo.reports.rundir import load_run
 from mmlo.reports.tables import OVERALL
@@ -60,7 +59,9 @@ def _cell(table: pl.DataFrame, arm: str, mode: str) -> dict:
 
 @pytest.fixture()
 def hand_table() -> pl.DataFrame:
-    return tables.ablation_table(_episodes(HAND), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True)
+    return tables.ablation_table(
+        _episodes(HAND), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True
+    )
 
 
 # Over episodes: A on m1 has seed-averaged values 0.5, 0.7, 0.9: mean 0.7, s = 0.2, CI = 1.96 * 0.2 / sqrt(3).
@@ -115,7 +116,9 @@ def test_overall_rows(hand_table: pl.DataFrame) -> None:
 def test_pairing_uses_shared_episodes_only() -> None:
     values = {("A", 0, "m1"): [0.5, 0.5], ("B", 0, "m1"): [0.7, 0.9, 0.1]}
     episodes = _episodes(values).with_columns(
-        episode_seed=pl.when((pl.col("arm") == "B") & (pl.col("episode") == 1)).then(999).otherwise(pl.col("episode_seed"))
+        episode_seed=pl.when((pl.col("arm") == "B") & (pl.col("episode") == 1))
+        .then(999)
+        .otherwise(pl.col("episode_seed"))
     )
     diff = tables.paired_differences(episodes, "A").filter(pl.col("mode") == "m1").row(0, named=True)
     assert diff["n_paired"] == 1
@@ -125,13 +128,17 @@ def test_pairing_uses_shared_episodes_only() -> None:
 # Best per column: the highest mean for accuracy, the lowest for mse; B wins m1 and m2 for accuracy, A for mse.
 def test_best_per_column_follows_metric_direction(hand_table: pl.DataFrame) -> None:
     assert hand_table.filter("best")["arm"].to_list() == ["B", "B", "B"]
-    low = tables.ablation_table(_episodes(HAND), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=False)
+    low = tables.ablation_table(
+        _episodes(HAND), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=False
+    )
     assert low.filter("best")["arm"].to_list() == ["A", "A", "A"]
 
 
 # Rows follow the study's arm order, not alphabetical order.
 def test_arm_order_is_the_studys() -> None:
-    table = tables.ablation_table(_episodes(HAND), arms=["B", "A"], modes=["m2", "m1"], baseline="B", higher_is_better=True)
+    table = tables.ablation_table(
+        _episodes(HAND), arms=["B", "A"], modes=["m2", "m1"], baseline="B", higher_is_better=True
+    )
     assert table["arm"].to_list()[:3] == ["B", "B", "B"]
     assert table["mode"].to_list()[:3] == ["m2", "m1", OVERALL]
 
@@ -150,8 +157,18 @@ def _progress() -> pl.DataFrame:
     rows = []
     for seed, values in ((0, [0.2, 0.5]), (1, [0.4, 0.7])):
         for it, v in zip((10, 20), values, strict=True):
-            rows.append({"phase": "ablation", "trial_id": f"A-{seed}", "arm": "A", "seed": seed, "iteration": it,
-                         "val_metric": v, "val_m1": v + 0.1, "val_m2": v - 0.1})
+            rows.append(
+                {
+                    "phase": "ablation",
+                    "trial_id": f"A-{seed}",
+                    "arm": "A",
+                    "seed": seed,
+                    "iteration": it,
+                    "val_metric": v,
+                    "val_m1": v + 0.1,
+                    "val_m2": v - 0.1,
+                }
+            )
     # A resumed trial reported iteration 20 twice: the last report counts.
     rows.append({**rows[1], "val_metric": 0.6, "val_m1": 0.7, "val_m2": 0.5})
     return pl.DataFrame(rows)
@@ -177,9 +194,20 @@ def _search_trials() -> pl.DataFrame:
     ]
     return pl.DataFrame(
         [
-            {"phase": "search", "trial_id": t, "arm": f"search {t}", "seed": 0, "state": s, "val_metric": v,
-             "iterations_done": i, "budget_iterations": 100, "cfg_learner": lr_, "cfg_kml_variant": kv, "cfg_lr": lr,
-             "failure_reason": "NaN loss" if s == "failed" else None}
+            {
+                "phase": "search",
+                "trial_id": t,
+                "arm": f"search {t}",
+                "seed": 0,
+                "state": s,
+                "val_metric": v,
+                "iterations_done": i,
+                "budget_iterations": 100,
+                "cfg_learner": lr_,
+                "cfg_kml_variant": kv,
+                "cfg_lr": lr,
+                "failure_reason": "NaN loss" if s == "failed" else None,
+            }
             for t, s, v, i, lr_, kv, lr in rows
         ],
         schema_overrides={"val_metric": pl.Float64},
@@ -255,15 +283,44 @@ def test_failures_and_states() -> None:
 def test_arm_costs() -> None:
     trials = pl.DataFrame(
         [
-            {"arm": "A", "state": "completed", "params_backbone": 10, "params_encoder": 5, "params_generator": 2,
-             "params_total": 17, "seconds_per_iteration": 0.2, "wall_seconds": 20.0, "peak_memory_mb": 100.0},
-            {"arm": "A", "state": "completed", "params_backbone": 10, "params_encoder": 5, "params_generator": 2,
-             "params_total": 17, "seconds_per_iteration": 0.4, "wall_seconds": 40.0, "peak_memory_mb": 300.0},
-            {"arm": "A", "state": "failed", "params_backbone": None, "params_encoder": None, "params_generator": None,
-             "params_total": None, "seconds_per_iteration": 9.0, "wall_seconds": 1.0, "peak_memory_mb": 9000.0},
+            {
+                "arm": "A",
+                "state": "completed",
+                "params_backbone": 10,
+                "params_encoder": 5,
+                "params_generator": 2,
+                "params_total": 17,
+                "seconds_per_iteration": 0.2,
+                "wall_seconds": 20.0,
+                "peak_memory_mb": 100.0,
+            },
+            {
+                "arm": "A",
+                "state": "completed",
+                "params_backbone": 10,
+                "params_encoder": 5,
+                "params_generator": 2,
+                "params_total": 17,
+                "seconds_per_iteration": 0.4,
+                "wall_seconds": 40.0,
+                "peak_memory_mb": 300.0,
+            },
+            {
+                "arm": "A",
+                "state": "failed",
+                "params_backbone": None,
+                "params_encoder": None,
+                "params_generator": None,
+                "params_total": None,
+                "seconds_per_iteration": 9.0,
+                "wall_seconds": 1.0,
+                "peak_memory_mb": 9000.0,
+            },
         ]
     )
-    table = tables.ablation_table(_episodes(HAND), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True)
+    table = tables.ablation_table(
+        _episodes(HAND), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True
+    )
     costs = tables.arm_costs(trials, table, arms=["A"]).row(0, named=True)
     assert costs["params_total"] == 17
     assert costs["seconds_per_iteration"] == pytest.approx(0.3)
@@ -277,10 +334,32 @@ def _transfer_rows() -> pl.DataFrame:
     rows = []
     for it, ratios in ((10, [3.0, 3.0, 3.0, 3.0]), (20, [0.5, 0.995, 1.5, 1.2])):
         for i, lr in enumerate(ratios):
-            rows.append({"arm": "A", "trial_id": "A-0", "seed": 0, "iteration": it, "source_mode": "m1",
-                         "target_mode": "m2" if i % 2 else "m1", "self": False, "lr": lr, "neutral_band": 0.01})
-        rows.append({"arm": "A", "trial_id": "A-0", "seed": 0, "iteration": it, "source_mode": "m1",
-                     "target_mode": "m1", "self": True, "lr": 0.8, "neutral_band": 0.01})
+            rows.append(
+                {
+                    "arm": "A",
+                    "trial_id": "A-0",
+                    "seed": 0,
+                    "iteration": it,
+                    "source_mode": "m1",
+                    "target_mode": "m2" if i % 2 else "m1",
+                    "self": False,
+                    "lr": lr,
+                    "neutral_band": 0.01,
+                }
+            )
+        rows.append(
+            {
+                "arm": "A",
+                "trial_id": "A-0",
+                "seed": 0,
+                "iteration": it,
+                "source_mode": "m1",
+                "target_mode": "m1",
+                "self": True,
+                "lr": 0.8,
+                "neutral_band": 0.01,
+            }
+        )
     return pl.DataFrame(rows)
 
 
