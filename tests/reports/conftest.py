@@ -67,7 +67,7 @@ def _spec(name: str, metric: str, modes: tuple[str, ...], episodes: int) -> dict
 
 
 def _trial_row(name: str, phase: str, trial_id: str, arm: str, seed: int, metric: str, **extra: Any) -> dict[str, Any]:
-    backbone, encoder, generator = PARAMS.get(arm, PARAMS["KML-ProtoNet"])
+    backbone, encoder, generator = PARAMS.get(arm, PARAMS[ARMS[-1]])
     row = {
         "study": name,
         "phase": phase,
@@ -123,7 +123,7 @@ def write_synthetic_run(
     }
     (run / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
-    skill = {"ProtoNet": 0.0, "MMAML (FiLM)": 0.04, "KML-ProtoNet": 0.08}
+    skill = {arm: 0.04 * i for i, arm in enumerate(ARMS)}
     base = (
         {m: 0.45 + 0.08 * i for i, m in enumerate(modes)}
         if metric == "accuracy"
