@@ -16,7 +16,7 @@ multi_* learners stack one backbone per mode on a leading axis and route each ta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -196,7 +196,7 @@ class MAML(MetaLearner):
                 )
                 return self._loss_and_metric(out, batch.support_y)[0].sum(), inputs
 
-            (grads, deltas), inputs = torch.func.grad(support_loss, argnums=(0, 1), has_aux=True)(dense, probes)
+            grads, deltas, inputs = _inner_gradients(support_loss, dense, probes, create_graph=not cfg.first_order)
             if cfg.first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
                 deltas = {k: g.detach() for k, g in deltas.items()}
@@ -213,6 +213,34 @@ class MAML(MetaLearner):
                     right = torch.cat([factors[f"{p}.right"], right], dim=1)
                 factors[f"{p}.left"], factors[f"{p}.right"] = left, right
         return {**base, **factors, **dense}
+
+
+def _inner_gradients(
+    support_loss: Callable[[Params, Params], tuple[torch.Tensor, Params]],
+    weights: Params,
+    probes: Params,
+    *,
+    create_graph: bool,
+) -> tuple[Params, Params, Params]:
+    """Gradients of the summed support loss w.r.t. the per-task weights and the δ probes, and its aux.
+
+    Plain ``torch.autograd.grad`` is the fast path (about a third less time per inner step than
+    ``torch.func.grad``); inside a caller's torch.func transform (transference's ``vmap(grad(...))``)
+    tensors are functorch-wrapped and only ``torch.func.grad`` composes, so that path is taken there.
+    Without an outer graph (evaluation) the weights become fresh leaves and nothing is kept.
+    """
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    if any(wrapped(t) for t in (*weights.values(), *probes.values())):
+        (grads, deltas), aux = torch.func.grad(support_loss, argnums=(0, 1), has_aux=True)(weights, probes)
+        return grads, deltas, aux
+    outer = torch.is_grad_enabled()
+    with torch.enable_grad():
+        # Views made under no_grad report requires_grad without being in any graph: always re-leaf them.
+        leaves = {k: v if outer and v.requires_grad else v.detach().requires_grad_() for k, v in weights.items()}
+        probes = {k: v.requires_grad_() for k, v in probes.items()}
+        loss, aux = support_loss(leaves, probes)
+        found = torch.autograd.grad(loss, [*leaves.values(), *probes.values()], create_graph=create_graph and outer)
+    return dict(zip(leaves, found[: len(leaves)])), dict(zip(probes, found[len(leaves) :])), aux
 
 
 def _clip_factor(grads: Params, deltas: Params, inputs: Params, max_norm: float) -> torch.Tensor:

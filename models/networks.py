@@ -232,7 +232,8 @@ class Backbone(nn.Module, ABC):
         """Linear layers MAML may adapt in factored form (prefix -> output width), given τ.
 
         ``run`` then reads ``{prefix}.left`` ``[T, r, out]`` and ``{prefix}.right`` ``[T, r, in]``
-        (``W_t = W + leftᵀ right``) and an optional ``{prefix}.probe`` ``[T, B, out]`` added to the
+        (``W_t = W + leftᵀ right``, so ``h W_tᵀ = h Wᵀ + (h rightᵀ) left``) and an optional
+        ``{prefix}.probe`` ``[T, B, out]`` added to the
         layer's output, whose gradient is δ. A layer whose kernel τ modulates is excluded: ``W ⊙ K``
         breaks the factorisation.
         """
@@ -305,7 +306,7 @@ def _factored_linear(
     z = task_linear(h, weight, bias)
     left = params.get(f"{prefix}.left")
     if left is not None:
-        z = z + torch.bmm(torch.bmm(h, params[f"{prefix}.right"].transpose(1, 2)), left)
+        z = torch.baddbmm(z, torch.bmm(h, params[f"{prefix}.right"].transpose(1, 2)), left)
     probe = params.get(f"{prefix}.probe")
     if probe is not None:
         z = z + probe
