@@ -27,7 +27,7 @@ system:
 		echo "mmlo: please install these system packages (fonts and Chromium): $$missing"; exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
 		echo "mmlo: missing system packages; run: sudo apt-get update && sudo apt-get install -y $$missing"; \
-		echo "mmlo: (the built-in benchmark refuses modes whose fonts are missing; the browser test is skipped)"; exit 0; fi; \
+		echo "mmlo: (without them the built-in benchmark refuses modes whose fonts are missing and the report test fails)"; exit 0; fi; \
 	echo "mmlo: installing system packages: $$missing"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
