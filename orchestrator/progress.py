@@ -130,7 +130,8 @@ class StudyProgress:
         actual = expected = remaining = 0.0
         for t in self._trials.values():
             fraction = min(1.0, t.iteration / t.budget) if t.budget else 0.0
-            if t.state == "completed" or (t.state == "running" and fraction > 0):
+            # Trials finished in an earlier session were not timed in this one (elapsed 0): no rate from them.
+            if (t.state == "completed" and t.elapsed > 0) or (t.state == "running" and fraction > 0):
                 actual += t.elapsed
                 expected += t.expected * (1.0 if t.state == "completed" else fraction)
             if t.state == "pending":

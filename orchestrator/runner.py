@@ -122,8 +122,11 @@ def run_study(
     space = compile_space(study, study_file) if {"search", "confirm"} & set(phases) else None
     _check_run_dir(run_dir, study, resume)
 
+    from mmlo.tasks.datacmd import prepare
     from mmlo.tasks.registry import get_benchmark
 
+    # Data is rendered or checked once here, on every core, never by trials racing each other.
+    prepare(study.benchmark.name, config=study.benchmark)
     benchmark = get_benchmark(study.benchmark)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
@@ -342,6 +345,11 @@ def _logs_to_file(path: Path) -> Iterator[None]:
     """Send Ray's, Tune's and Optuna's log records to ``path`` instead of the terminal, for the duration."""
     for key, value in RAY_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    # Ray installs its own terminal handler when imported: import first, then take its place.
+    import optuna
+    import ray.tune  # noqa: F401
+
+    optuna.logging.disable_default_handler()
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = []
@@ -357,6 +365,7 @@ def _logs_to_file(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        optuna.logging.enable_default_handler()
         logging.captureWarnings(False)
         for logger, handlers, propagate in saved:
             logger.handlers, logger.propagate = handlers, propagate
