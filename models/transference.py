@@ -10,11 +10,12 @@ the support set for the ProtoNet family, the loss after the inner loop for the M
 its own modulation for modulated learners. So the measure works for every :class:`Learner` unchanged.
 LR < 1 is positive transfer, LR > 1 negative; LR_{i→i} is self-transference.
 
-The hot path has no Python loop over sources: the per-source meta-gradients are one ``vmap(grad(...))``
-over the source axis (per mode, so that learners which route by the mode label see a plain tensor), and
-the target losses of all look-ahead parameters are one ``vmap`` over the stacked parameters.
-:func:`reference_loop_transference` computes the same numbers one source at a time with plain autograd, for
-the equivalence test.
+:func:`measure_transference` has no Python loop over sources: the per-source meta-gradients are one
+``vmap(grad(...))`` over the source axis (per mode, so that learners which route by the mode label see a
+plain tensor), and the target losses of all look-ahead parameters are one ``vmap`` over the stacked
+parameters. :func:`reference_loop_transference` computes the same numbers (to 1e-6, tested) one source at a
+time with plain autograd; on CPU it is the faster of the two, and the fit hook picks by device
+(:func:`vectorised`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -256,7 +257,7 @@ def source_gradients(learner: Learner, params: Params, sources: TaskBatch) -> Pa
 
 
 def target_losses(learner: Learner, stacked: Params, targets: TaskBatch) -> torch.Tensor:
-    """``L_j(θ_k)`` for every stacked parameter point ``θ_k`` (leading axis ``K``) and target ``j``, ``[K, T]``.
+    """``L_j(θ_k)``, ``[K, T]``, for every stacked parameter point ``θ_k`` (leading axis ``K``) and target ``j``.
 
     One ``vmap`` over the parameter axis; the targets are scored in evaluation mode, as the evaluation
     protocol scores test episodes.
@@ -323,7 +324,11 @@ def reference_loop_transference(
     target_split: Split = "test",
     include_self: bool = False,
 ) -> TransferenceResult:
-    """The same measure, one source at a time with ``torch.autograd.grad`` and no vmap (the equivalence test)."""
+    """The same measure, one source at a time with ``torch.autograd.grad`` and no vmap.
+
+    It checks :func:`measure_transference` in tests, and it is the faster strategy on CPU (see
+    :func:`vectorised`): one ordinary forward and backward per source, no grouped convolutions.
+    """
     all_sources, n_self = _self_sources(sources, targets, include_self)
     split_names = (source_split,) * sources.num_tasks + (target_split,) * n_self
     theta = {name: p.detach().requires_grad_(True) for name, p in params.items()}
@@ -352,6 +357,19 @@ def fixed_tasks(benchmark: Benchmark, split: Split, per_mode: int, eval_seed: in
     return benchmark.tasks(split, modes, seeds)
 
 
+Strategy = Literal["auto", "vmap", "loop"]
+
+
+def vectorised(strategy: Strategy, device: torch.device) -> bool:
+    """Whether ``strategy`` measures with vmap on ``device``.
+
+    ``auto`` picks vmap on accelerators and the per-source loop on CPU: there the work is compute-bound,
+    and vmap turns every convolution with per-source weights into a grouped convolution, which measured
+    2-3x slower than one ordinary convolution per source (kml_ablation's conv-4 on 2 cores).
+    """
+    return strategy == "vmap" or (strategy == "auto" and device.type != "cpu")
+
+
 @dataclass
 class TransferenceHook:
     """A :func:`mmlo.models.training.fit` hook: after the outer step of each of ``iterations`` it measures
@@ -369,6 +387,7 @@ class TransferenceHook:
     source_split: Split = "train"
     target_split: Split = "test"
     include_self: bool = True
+    strategy: Strategy = "auto"
     chunk_size: int | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -377,20 +396,23 @@ class TransferenceHook:
         started = time.perf_counter()
         device = next(iter(learner.parameters())).device
         buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
+        common: dict[str, Any] = {
+            "alpha": self.alpha,
+            "source_split": self.source_split,
+            "target_split": self.target_split,
+            "include_self": self.include_self,
+        }
+        sources, targets = self.sources.to(device), self.targets.to(device)
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                result = measure_transference(
-                    learner,
-                    learner.params(),
-                    self.sources.to(device),
-                    self.targets.to(device),
-                    alpha=self.alpha,
-                    source_split=self.source_split,
-                    target_split=self.target_split,
-                    include_self=self.include_self,
-                    chunk_size=self.chunk_size,
-                )
+                if vectorised(self.strategy, device):
+                    result = measure_transference(
+                        learner, learner.params(), sources, targets, chunk_size=self.chunk_size, **common
+                    )
+                else:
+                    result = reference_loop_transference(learner, learner.params(), sources, targets, **common)
         finally:
+            # A training-mode pass of the per-source loop moves 'running' BatchNorm statistics.
             with torch.no_grad():
                 for name, b in learner.named_buffers():
                     b.copy_(buffers[name])
@@ -411,9 +433,10 @@ def make_transference_hook(
     neutral_band: float = 0.01,
     at: Sequence[int] | None = None,
     include_self: bool = True,
+    strategy: Strategy = "auto",
     chunk_size: int | None = None,
 ) -> TransferenceHook:
-    """The hook of a study's ``transference`` block, from plain arguments (models never import the orchestrator).
+    """The hook of a study's ``transference`` block, from plain arguments (models never import orchestrator).
 
     Sources and targets are fixed tasks drawn with :func:`fixed_tasks` from ``train_cfg.eval_seed``; ``alpha``
     defaults to the outer learning rate ``train_cfg.lr`` and ``at`` to the last iteration. Iterations beyond
@@ -430,5 +453,6 @@ def make_transference_hook(
         source_split=source_split,
         target_split=target_split,
         include_self=include_self,
+        strategy=strategy,
         chunk_size=chunk_size,
     )

@@ -21,6 +21,7 @@ from mmlo.models.transference import (
     reference_loop_transference,
     summarise,
     transfer_class,
+    vectorised,
 )
 from mmlo.tasks.base import Benchmark, TaskBatch
 from mmlo.tasks.config import BenchmarkConfig
@@ -221,7 +222,7 @@ def _image_benchmark() -> ImageBenchmark:
         }
         for mode in ("first", "second")
     }
-    return ImageBenchmark("tiny-images", banks, ways=3, shots=1, query=2, fingerprint="tiny")  # type: ignore[arg-type]
+    return ImageBenchmark("tiny", banks, ways=3, shots=1, query=2, fingerprint="tiny")  # type: ignore[arg-type]
 
 
 def _float64(batch: TaskBatch) -> TaskBatch:
@@ -255,7 +256,9 @@ def _float64(batch: TaskBatch) -> TaskBatch:
             "mmaml",
             {"encoder": "lstm"},
             marks=pytest.mark.xfail(
-                raises=RuntimeError, strict=True, reason="nn.LSTM has no vmap rule: the BiLSTM encoder needs its own cell"
+                raises=RuntimeError,
+                strict=True,
+                reason="nn.LSTM has no vmap rule: the BiLSTM encoder needs its own cell",
             ),
         ),
     ],
@@ -282,3 +285,19 @@ def test_real_learners_vectorised_equals_loop(kind: str, learner: str, extra: di
     slow = reference_loop_transference(model, model.params(), sources, targets, **kwargs)
     torch.testing.assert_close(fast.lr, slow.lr, rtol=1e-6, atol=1e-9)
     assert (fast.lr[fast.is_self] < 1.0).all()
+
+
+def test_hook_strategies_agree() -> None:
+    # The per-source loop and vmap give the hook the same rows; 'auto' takes the loop on CPU.
+    bench = build(BenchmarkConfig(name="regression2", shots=5, query=5))
+    train_cfg = TrainConfig(iterations=3, lr=0.01)
+    learner = LinearLearner(w=0.4, inner_lr=0.02, inner_steps=2)
+    rows = {}
+    for strategy in ("vmap", "loop"):
+        hook = make_transference_hook(bench, train_cfg, sources_per_mode=3, targets_per_mode=2, strategy=strategy)
+        hook(3, learner, bench)
+        rows[strategy] = hook.rows
+    assert [r["source_task"] for r in rows["vmap"]] == [r["source_task"] for r in rows["loop"]]
+    assert [r["lr"] for r in rows["vmap"]] == pytest.approx([r["lr"] for r in rows["loop"]], rel=1e-6)
+    assert not vectorised("auto", torch.device("cpu")) and vectorised("auto", torch.device("cuda"))
+    assert vectorised("vmap", torch.device("cpu")) and not vectorised("loop", torch.device("cuda"))
