@@ -150,9 +150,13 @@ def ensure_bank(
     max_classes: int | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
-    workers: int | None = None,
+    workers: int | None = 1,
 ) -> Path:
-    """The cache file holding (at least) the bank of ``mode`` on ``split``, rendered first if missing."""
+    """The cache file holding (at least) the bank of ``mode`` on ``split``, rendered first if missing.
+
+    ``workers`` defaults to one process: a trial that finds no cache renders on its own CPU only (and never
+    forks beside Ray's threads); :func:`prepare` renders on every core.
+    """
     index = load_index()[mode]
     classes = index.classes(split, max_classes)
     root = cache_root(cache_dir)
@@ -184,7 +188,7 @@ def load_bank(
     max_classes: int | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
-    workers: int | None = None,
+    workers: int | None = 1,
 ) -> ClassBank:
     """The bank of ``mode`` on ``split``: read from the cache, or rendered into it first (atomically)."""
     classes = load_index()[mode].classes(split, max_classes)
@@ -287,7 +291,8 @@ def build(cfg: BenchmarkConfig) -> ImageBenchmark:
 
 
 def prepare(cfg: BenchmarkConfig, progress: Progress | None = None, *, workers: int | None = None) -> list[Path]:
-    """Render (or find) every bank ``cfg`` needs, before a study; returns the cache files.
+    """Render (or find) every bank ``cfg`` needs, before a study, on ``workers`` processes (default: every
+    CPU, or ``$MMLO_RENDER_WORKERS``); returns the cache files.
 
     Every selected mode's sources are checked first, so a missing font package is reported before minutes
     of rendering, not after.

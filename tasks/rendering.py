@@ -3,7 +3,7 @@
 Each mode is a module (``glyphs``, ``emoji``, ``icons``, ``textures``) with the same four names: ``MODE``,
 ``CHANNELS``, ``sources(table)`` and ``render_class(table, key, entry, samples, size)``. Classes are
 rendered independently (each sample is seeded by its mode, class key and index), so splitting them over
-processes gives the same pixels as one loop. This module imports no torch: spawned workers start fast.
+processes gives the same pixels as one loop.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def mode_module(mode: str) -> ModuleType:
 
 
 def default_workers() -> int:
-    """Processes to render with: ``$MMLO_RENDER_WORKERS``, else every CPU this process may use."""
+    """Processes ``mmlo data prepare`` renders with: ``$MMLO_RENDER_WORKERS``, else every CPU it may use."""
     env = os.environ.get("MMLO_RENDER_WORKERS")
     return max(1, int(env)) if env else len(os.sched_getaffinity(0))
 
@@ -78,7 +78,8 @@ def render_classes(
     label: str = "",
     workers: int | None = None,
 ) -> np.ndarray:
-    """``samples`` images of each ``(key, entry)`` class, class-major: uint8 ``[n * samples, size, size, C]``."""
+    """``samples`` images of each ``(key, entry)`` class, class-major: uint8 ``[n * samples, size, size, C]``;
+    on ``workers`` processes (default :func:`default_workers`) when there are enough images to pay for them."""
     module = mode_module(mode)
     total = len(classes) * samples
     out = np.empty((total, size, size, module.CHANNELS), dtype=np.uint8)
@@ -99,8 +100,10 @@ def _run(jobs: list[Job], table: Mapping[str, Any], workers: int) -> Iterator[np
     if workers <= 1:
         yield from (_render_chunk(table, job) for job in jobs)
         return
-    # spawn, not fork: the caller may hold torch's thread pools or Ray's threads, which a fork would copy
-    # mid-flight; this module and the renderers import no torch, so a spawned worker is ready in a second.
-    context = multiprocessing.get_context("spawn")
+    # fork, not spawn: a spawned worker re-runs the caller's main script, which in a script without a
+    # `__main__` guard renders again and makes the pool respawn workers forever. Workers only run numpy and
+    # Pillow, so they never touch the thread pools (torch's) a fork does not copy; trials, which run beside
+    # Ray's threads, render with one process (see offline4.ensure_bank).
+    context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_init_worker, initargs=(table,)) as pool:
         yield from pool.imap(_render_chunk_in_worker, jobs)

@@ -146,7 +146,7 @@ def test_same_seed_same_pixels(mode: str) -> None:
 
 
 def test_worker_pool_gives_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Rendering on two spawned workers equals the single-process loop, image for image.
+    # Rendering on two worker processes equals the single-process loop, image for image.
     monkeypatch.setattr(rendering, "PARALLEL_MIN_IMAGES", 0)
     monkeypatch.setattr(rendering, "CHUNK_CLASSES", 2)
     index = offline4.load_index()["textures"]
