@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from mmlo.models.training import fit
 from mmlo.models.transference import make_transference_hook
@@ -52,7 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[dict[
         checkpoint_dir=run_dir / "ray" / "ablation-session" / spec.trial_id,
         hooks=[hook],
     )
-    ids = {"study": study.name, "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
+    ids = {"study": "tr", "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
     ledger.write_record(run_dir, {**ids, "state": "completed", "spec": spec.to_json()})
     return run_dir, spec.trial_id, hook.rows
 
@@ -93,7 +94,8 @@ def test_remeasuring_merges_without_duplicates(run: tuple[Path, str, list[dict[s
     assert frame.filter(pl.col("iteration") == 6).height == (6 + 2) * 2
     assert frame.filter(pl.col("iteration") == 3).height == (2 + 2) * 2
     assert frame.select(list(sink.TRANSFERENCE_COLUMNS)).unique().height == frame.height
-    rebuilt = sink.build_tables(run_dir, "tr", ("sinusoid", "linear"), transference=True)[sink.TRANSFERENCE_FILE]
+    tables = sink.build_tables(run_dir, "tr", ("sinusoid", "linear"), transference=True)
+    rebuilt = tables[sink.TRANSFERENCE_FILE]
     assert rebuilt.height == frame.height
 
 
@@ -126,19 +128,24 @@ def test_user_errors_name_what_exists(run: tuple[Path, str, list[dict[str, objec
 
 @pytest.mark.slow
 def test_cli_on_a_smoke_run(tmp_path: Path) -> None:
-    # `mmlo study studies/smoke.yaml` then `mmlo transference RUN --trial ID --sources 3` exits 0 and adds
-    # rows with the contract's columns for that trial.
+    # `mmlo study` on the smoke study cut to one trial, then `mmlo transference RUN --trial ID --sources 3`:
+    # exit 0, and the trial's rows at its last iteration grow from 2 to 3 sources per mode.
     root = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((root / "studies" / "smoke.yaml").read_text(encoding="utf-8"))
+    spec.update(arms=spec["arms"][:1], seeds=[0])
+    spec.pop("search")
+    study_file = tmp_path / "one.yaml"
+    study_file.write_text(yaml.safe_dump(spec), encoding="utf-8")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     mmlo = [sys.executable, "-m", "mmlo.orchestrator"]
     study = subprocess.run(
-        [*mmlo, "study", str(root / "studies" / "smoke.yaml"), "--out", str(tmp_path), "--no-dashboard"],
+        [*mmlo, "study", str(study_file), "--out", str(tmp_path), "--no-dashboard"],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert study.returncode == 0, study.stdout + study.stderr
-    run_dir = tmp_path / "smoke"
+    run_dir = tmp_path / spec["name"]
     trial = json.loads(next((run_dir / "parts").glob("ablation-*/trial.json")).read_text())["trial_id"]
-    before = pl.read_parquet(run_dir / sink.TRANSFERENCE_FILE)
+    assert pl.read_parquet(run_dir / sink.TRANSFERENCE_FILE).height == (4 * 2 + 4) * 4
     result = subprocess.run(
         [*mmlo, "transference", str(run_dir), "--trial", trial, "--sources", "3"],
         env=env, capture_output=True, text=True, timeout=600,
@@ -146,5 +153,8 @@ def test_cli_on_a_smoke_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     after = pl.read_parquet(run_dir / sink.TRANSFERENCE_FILE)
     assert dict(after.schema) == sink.TRANSFERENCE_COLUMNS
-    mine = after.filter(pl.col("trial_id") == trial)
-    assert mine.height > before.filter(pl.col("trial_id") == trial).height
+    assert after.filter(pl.col("trial_id") == trial).height == (4 * 3 + 4) * 4
+    missing = subprocess.run(
+        [*mmlo, "transference", str(run_dir), "--trial", "nope"], env=env, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and trial in missing.stderr + missing.stdout
