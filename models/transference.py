@@ -111,7 +111,7 @@ def summarise(rows: Iterable[dict[str, Any]], neutral_band: float | None = None)
 
     Self-transference pairs (``self`` true) are summarised apart from the cross-task pairs, so a mode's
     diagonal never mixes LR_{i→i} into the mean transference from the mode to itself. ``neutral_band``
-    defaults to each row's own.
+    defaults to each row's own. Undefined ratios (NaN, a target with zero loss) count in ``n`` only.
     """
     groups: dict[tuple[bool, str, str], list[tuple[float, float]]] = {}
     for row in rows:
@@ -121,16 +121,17 @@ def summarise(rows: Iterable[dict[str, Any]], neutral_band: float | None = None)
     out: list[dict[str, Any]] = []
     for (is_self, source_mode, target_mode), values in groups.items():
         lr = np.array([v for v, _ in values], dtype=np.float64)
+        lr = lr[~np.isnan(lr)]
         classes = [transfer_class(v, band) for v, band in values]
-        defined = max(1, sum(c != "undefined" for c in classes))
+        defined = max(1, lr.size)
         out.append(
             {
                 "self": is_self,
                 "source_mode": source_mode,
                 "target_mode": target_mode,
                 "n": len(values),
-                "mean": float(np.nanmean(lr)) if np.isfinite(lr).any() else math.nan,
-                "median": float(np.nanmedian(lr)) if np.isfinite(lr).any() else math.nan,
+                "mean": float(lr.mean()) if lr.size else math.nan,
+                "median": float(np.median(lr)) if lr.size else math.nan,
                 "positive": classes.count("positive") / defined,
                 "neutral": classes.count("neutral") / defined,
                 "negative": classes.count("negative") / defined,

@@ -170,17 +170,20 @@ def test_transfer_classes_partition_the_loss_ratio() -> None:
 
 
 def test_summary_means_medians_and_shares() -> None:
-    # LRs 0.5, 0.995, 1.0, 1.5 (band 0.01): mean 0.99875, median 0.9975, shares 1/4, 2/4, 1/4; self apart.
+    # LRs 0.5, 0.995, 1.0, 1.5 (band 0.01): mean 0.99875, median 0.9975, shares 1/4, 2/4, 1/4; self pairs
+    # apart, where a NaN ratio counts in n but not in the mean or the shares.
     base = {"source_mode": "a", "target_mode": "b", "neutral_band": 0.01, "self": False}
     rows = [{**base, "lr": v} for v in (0.5, 0.995, 1.0, 1.5)]
     rows.append({**base, "target_mode": "a", "self": True, "lr": 0.9})
+    rows.append({**base, "target_mode": "a", "self": True, "lr": math.nan})
     summary = {(s["self"], s["source_mode"], s["target_mode"]): s for s in summarise(rows)}
     cross = summary[(False, "a", "b")]
     assert cross["n"] == 4
     assert cross["mean"] == pytest.approx(0.99875)
     assert cross["median"] == pytest.approx(0.9975)
     assert (cross["positive"], cross["neutral"], cross["negative"]) == (0.25, 0.5, 0.25)
-    assert summary[(True, "a", "a")]["positive"] == 1.0
+    self_summary = summary[(True, "a", "a")]
+    assert (self_summary["n"], self_summary["mean"], self_summary["positive"]) == (2, 0.9, 1.0)
 
 
 def test_hook_measures_at_its_iterations_without_touching_training() -> None:
