@@ -15,6 +15,7 @@ from torch.func import grad, vmap
 from mmlo.models.base import Learner, Params, TaskOutput
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.models.learners import build_learner
+from mmlo.models.training import fit
 from mmlo.models.transference import (
     make_transference_hook,
     measure_transference,
@@ -35,14 +36,12 @@ def _mse(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class LinearLearner(Learner):
     """``y = w x + b``, adapted to each task by ``inner_steps`` SGD steps of ``inner_lr`` on the support MSE;
-    the loss is the query MSE after adaptation. Tasks are vectorised with vmap, as the real learners are;
-    the ``calls`` buffer counts training-mode calls."""
+    the loss is the query MSE after adaptation. Tasks are vectorised with vmap, as the real learners are."""
 
     def __init__(self, w: float = 0.0, b: float = 0.0, inner_lr: float = 0.0, inner_steps: int = 0) -> None:
         super().__init__()
         self.w = nn.Parameter(torch.tensor([w]))
         self.b = nn.Parameter(torch.tensor([b]))
-        self.register_buffer("calls", torch.zeros(()))
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
 
@@ -188,20 +187,19 @@ def test_summary_means_medians_and_shares() -> None:
 
 def test_hook_measures_at_its_iterations_without_touching_training() -> None:
     # The hook defaults to the last iteration and α = the outer lr, appends (S + T) x T rows tagged with the
-    # iteration, and leaves buffers and the torch RNG stream as they were.
+    # iteration, and leaves the module mode and the torch RNG stream as they were.
     bench = build(BenchmarkConfig(name="regression3", shots=5, query=5))
     train_cfg = TrainConfig(iterations=40, lr=0.003, eval_seed=5)
     hook = make_transference_hook(bench, train_cfg, sources_per_mode=2, targets_per_mode=1)
     assert hook.iterations == frozenset({40})
     assert hook.alpha == 0.003
     learner = LinearLearner(w=0.2, inner_lr=0.01, inner_steps=1)
-    learner.calls.fill_(3.0)
     torch.manual_seed(1)
     expected = torch.rand(3)
     torch.manual_seed(1)
     hook(40, learner, bench)
     assert torch.equal(torch.rand(3), expected)
-    assert learner.calls.item() == 3.0 and learner.training
+    assert learner.training
     assert len(hook.rows) == (6 + 3) * 3
     assert {r["iteration"] for r in hook.rows} == {40}
     assert sum(r["self"] for r in hook.rows) == 3
@@ -304,3 +302,34 @@ def test_hook_strategies_agree() -> None:
     assert [r["lr"] for r in rows["vmap"]] == pytest.approx([r["lr"] for r in rows["loop"]], rel=1e-6)
     assert not vectorised("auto", torch.device("cpu")) and vectorised("auto", torch.device("cuda"))
     assert vectorised("vmap", torch.device("cpu")) and not vectorised("loop", torch.device("cuda"))
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_fit_with_the_hook_trains_exactly_as_without(strategy: str) -> None:
+    # Measuring mid-training changes nothing downstream: the same validation and test numbers, bit for bit.
+    bench = build(BenchmarkConfig(name="regression2", shots=5, query=5))
+    learner_cfg = LearnerConfig(learner="maml", hidden=[8, 8], bias_transformation=3, inner_steps=1, inner_lr=0.01)
+    train_cfg = TrainConfig(iterations=4, meta_batch=4, lr=0.01, val_interval=2, val_episodes=2, eval_episodes=2)
+    hook = make_transference_hook(
+        bench, train_cfg, sources_per_mode=2, targets_per_mode=1, at=[2], strategy=strategy  # type: ignore[arg-type]
+    )
+    with_hook = fit(learner_cfg, train_cfg, bench, hooks=[hook])
+    without = fit(learner_cfg, train_cfg, bench)
+    assert {r["iteration"] for r in hook.rows} == {2}
+    assert with_hook.final_val_metric == without.final_val_metric
+    assert [e["value_after"] for e in with_hook.episodes] == [e["value_after"] for e in without.episodes]
+
+
+def test_hook_restores_running_batchnorm_statistics() -> None:
+    # The per-source loop's training-mode passes move 'running' BatchNorm statistics; the hook puts them back.
+    bench = _image_benchmark()
+    learner = build_learner(LearnerConfig(learner="protonet", channels=[4, 4], norm="running"), bench)
+    before = {name: b.clone() for name, b in learner.named_buffers()}
+    sources, targets = bench.tasks("train", [0, 1], [1, 2]), bench.tasks("test", [0, 1], [3, 4])
+    reference_loop_transference(learner, learner.params(), sources, targets, alpha=0.01)
+    assert any(not torch.equal(b, before[name]) for name, b in learner.named_buffers())
+    learner.load_state_dict({**learner.state_dict(), **before})
+    train_cfg = TrainConfig(iterations=1)
+    hook = make_transference_hook(bench, train_cfg, sources_per_mode=1, targets_per_mode=1, strategy="loop")
+    hook(1, learner, bench)
+    assert all(torch.equal(b, before[name]) for name, b in learner.named_buffers())
