@@ -30,8 +30,10 @@ def test_data_list_covers_every_benchmark(tmp_path: Path) -> None:
 
 def test_prepare_a_study_block(tmp_path: Path) -> None:
     # Preparing a study's benchmark block renders exactly its modes and returns their class counts.
-    cfg = BenchmarkConfig(name="offline4", modes=["textures"], max_classes=5, samples_per_class=2, image_size=8,
-                          shots=1, query=1, cache_dir=tmp_path)  # fmt: skip
+    cfg = BenchmarkConfig(
+        name="offline4", modes=["textures"], max_classes=5, samples_per_class=2, image_size=8, query=1
+    )
+    cfg = cfg.model_copy(update={"cache_dir": tmp_path})
     counts = datacmd.prepare("offline4", config=cfg, progress=lambda *a: None)
     assert counts == {"textures": {"train": 5, "val": 5, "test": 5}}
     assert len(list(tmp_path.rglob("*.npy"))) == 3

@@ -21,12 +21,8 @@ def test_short_protonet_beats_chance_on_every_mode(tmp_path: Path) -> None:
     missing = [s.describe() for m in offline4.MODES for s in offline4.mode_sources(m) if not s.present]
     if missing:
         pytest.skip("; ".join(missing))
-    bench = offline4.build(
-        BenchmarkConfig(
-            name="offline4", max_classes=40, samples_per_class=8, image_size=32, ways=5, shots=1, query=5,
-            cache_dir=tmp_path,
-        )  # fmt: skip
-    )
+    cfg = BenchmarkConfig(name="offline4", max_classes=40, samples_per_class=8, ways=5, shots=1, query=5)
+    bench = offline4.build(cfg.model_copy(update={"cache_dir": tmp_path}))
     result = fit(
         LearnerConfig(learner="protonet", channels=[16, 16, 16, 16]),
         TrainConfig(iterations=200, meta_batch=8, val_interval=200, val_episodes=8, eval_episodes=40, seed=0),
