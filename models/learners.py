@@ -90,7 +90,7 @@ class MetaLearner(Learner):
     def _loss_and_metric(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-task query loss and metric: cross-entropy and accuracy, or MSE and MSE."""
         if self.kind == "regression":
-            loss = (out - target).pow(2).flatten(1).mean(1)
+            loss = (out - target).square().mean(dim=(1, 2))
             return loss, loss.detach()
         tasks, n = target.shape
         loss = F.cross_entropy(out.reshape(tasks * n, -1), target.reshape(-1), reduction="none").view(tasks, n)

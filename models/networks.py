@@ -44,9 +44,13 @@ def per_task(param: torch.Tensor, dims: int, tasks: int) -> torch.Tensor:
 
 
 def grouped(x: torch.Tensor) -> torch.Tensor:
-    """``[T, B, C, H, W]`` -> the grouped layout ``[B, T*C, H, W]``."""
+    """``[T, B, C, H, W]`` -> the grouped layout ``[B, T*C, H, W]``.
+
+    On CPU the result is channels-last, which oneDNN's convolutions run about a quarter faster.
+    """
     tasks, batch, channels = x.shape[:3]
-    return x.transpose(0, 1).reshape(batch, tasks * channels, *x.shape[3:])
+    h = x.transpose(0, 1).reshape(batch, tasks * channels, *x.shape[3:])
+    return h.contiguous(memory_format=torch.channels_last) if h.device.type == "cpu" else h
 
 
 def ungrouped(h: torch.Tensor, tasks: int) -> torch.Tensor:
@@ -81,6 +85,8 @@ def channel_affine(h: torch.Tensor, tau: LayerModulation | None, *, grouped_layo
     def shaped(v: torch.Tensor) -> torch.Tensor:
         return v.reshape(1, -1, 1, 1) if grouped_layout else v.unsqueeze(1)
 
+    if tau.scale is not None and tau.shift is not None:
+        return torch.addcmul(shaped(tau.shift), h, shaped(tau.scale))
     if tau.scale is not None:
         h = h * shaped(tau.scale)
     if tau.shift is not None:
