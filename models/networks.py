@@ -46,11 +46,14 @@ def per_task(param: torch.Tensor, dims: int, tasks: int) -> torch.Tensor:
 def grouped(x: torch.Tensor) -> torch.Tensor:
     """``[T, B, C, H, W]`` -> the grouped layout ``[B, T*C, H, W]``.
 
-    On CPU the result is channels-last, which oneDNN's convolutions run about a quarter faster.
+    On CPU the result is channels-last, which oneDNN's convolutions run about a quarter faster (vmap,
+    as in transference, cannot change memory formats: there it stays as it is).
     """
     tasks, batch, channels = x.shape[:3]
     h = x.transpose(0, 1).reshape(batch, tasks * channels, *x.shape[3:])
-    return h.contiguous(memory_format=torch.channels_last) if h.device.type == "cpu" else h
+    if h.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(h):
+        return h
+    return h.contiguous(memory_format=torch.channels_last)
 
 
 def ungrouped(h: torch.Tensor, tasks: int) -> torch.Tensor:
