@@ -9,7 +9,7 @@ file and in every study's benchmark fingerprint, so results made with different 
 The recipe, per mode (see ``design/benchmark.md``):
 
 - glyphs: letters (category L*, NFD of length 1, NFKC-stable, script not Zyyy/Zinh/Zzzz) of every font of
-  fonts-noto-core, fonts-unifont (without the "Unifont Sample" face), fonts-freefont-ttf and
+  fonts-noto-core, fonts-unifont (without the "Unifont Sample" and Japanese faces), fonts-freefont-ttf and
   fonts-dejavu-core; scripts with at least ``MIN_LETTERS`` letters; near-duplicate letters (cosine > 0.93
   between 20x20 renders, e.g. Latin O / Greek Omicron / Cyrillic O, or Latin l / I) removed across all
   scripts *before* splitting; at most ``LETTERS_PER_SCRIPT`` letters per script (Omniglot's alphabets
@@ -53,6 +53,9 @@ SPLIT_FRACTIONS: dict[str, float] = {"train": 0.64, "val": 0.16, "test": 0.20}
 SEED = 20211028
 
 GLYPH_PACKAGES: tuple[str, ...] = ("fonts-noto-core", "fonts-unifont", "fonts-freefont-ttf", "fonts-dejavu-core")
+#: "Unifont Sample" draws sample boxes; unifont_jp repeats unifont's design (it differs only in Japanese
+#: Han forms), so it would make one design two fonts' worth of every letter's samples.
+_SKIPPED_FONTS: tuple[str, ...] = ("unifont_sample", "unifont_jp")
 MIN_LETTERS = 20
 LETTERS_PER_SCRIPT = 32
 #: Stricter than the 0.97 of the first recipe, which let Latin K / Cyrillic K (0.953), Latin A / Old
@@ -124,7 +127,9 @@ def _package_version(package: str) -> str:
 
 def _package_fonts(package: str) -> list[str]:
     result = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=True)
-    return sorted(p for p in result.stdout.split() if p.endswith((".ttf", ".otf")) and "unifont_sample" not in p)
+    return sorted(
+        p for p in result.stdout.split() if p.endswith((".ttf", ".otf")) and not any(s in p for s in _SKIPPED_FONTS)
+    )
 
 
 def _font_rank(path: str) -> tuple[int, int, str]:

@@ -26,8 +26,12 @@ MODE = "glyphs"
 CHANNELS = 1
 #: Pixel size letters are drawn at before being framed: large enough that framing only ever shrinks them.
 FONT_SIZE = 80
-#: A thinner pen is skipped when it would erase more than this share of a thin font's ink.
-_MIN_INK_KEPT = 0.4
+#: Unifont's native pixel grid (em size in pixels).
+UNIFONT_GRID = 16
+#: A thinner pen is used only where it keeps this share of the ink, i.e. on strokes of 7 px and more (bold
+#: faces): eroding thinner strokes, or Unifont's pixels that touch only at their corners, breaks letters
+#: into dashes.
+_MIN_INK_KEPT = 0.7
 
 
 def sources(table: Mapping[str, Any]) -> list[Source]:
@@ -61,12 +65,30 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
 @functools.lru_cache(maxsize=512)
 def draw_letter(path: str, char: str, size: int = FONT_SIZE) -> Image.Image:
     """The letter's ink (white on black, L mode) in one font, cropped to its box; empty if the font draws
-    nothing for it."""
+    nothing for it. Unifont, a bitmap design, is drawn on its own pixel grid and smoothed into pen strokes
+    (see :func:`_smoothed_bitmap`)."""
+    if path.rsplit("/", 1)[-1].startswith("unifont"):
+        return _smoothed_bitmap(path, char, size)
+    return _outline(path, char, size)
+
+
+def _outline(path: str, char: str, size: int, margin: int = 2) -> Image.Image:
     font = _font(path, size)
     left, top, right, bottom = font.getbbox(char)
-    canvas = Image.new("L", (max(1, right - left) + 4, max(1, bottom - top) + 4), 0)
-    ImageDraw.Draw(canvas).text((2 - left, 2 - top), char, font=font, fill=255)
+    canvas = Image.new("L", (max(1, right - left) + 2 * margin, max(1, bottom - top) + 2 * margin), 0)
+    ImageDraw.Draw(canvas).text((margin - left, margin - top), char, font=font, fill=255)
     return canvas
+
+
+def _smoothed_bitmap(path: str, char: str, size: int) -> Image.Image:
+    """Unifont's 16 px bitmap scaled up and blurred, then re-sharpened by a contrast ramp: pixels that touch
+    only at their corners (every diagonal stroke) join into one line instead of falling apart into dots
+    once the letter is posed and shrunk to 32 px."""
+    bitmap = _outline(path, char, UNIFONT_GRID, margin=3)
+    scale = size / UNIFONT_GRID
+    large = bitmap.resize((round(bitmap.width * scale), round(bitmap.height * scale)), Image.Resampling.BICUBIC)
+    blurred = np.asarray(large.filter(ImageFilter.GaussianBlur(0.4 * scale)), dtype=np.float32)
+    return Image.fromarray(np.clip((blurred - 64.0) * 4.0, 0.0, 255.0).astype(np.uint8), mode="L")
 
 
 def render_sample(table: Mapping[str, Any], key: str, fonts: Sequence[int], index: int) -> Image.Image:

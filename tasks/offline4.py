@@ -39,7 +39,7 @@ MODES: tuple[str, ...] = tuple(MODE_MODULES)
 INDEX_FILE = "offline4_index.json.gz"
 #: Bumped whenever a renderer draws different pixels for the same class and sample index; part of the
 #: cache key and of the fingerprint, so old caches and old results are never mixed with new ones.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
