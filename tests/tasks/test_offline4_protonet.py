@@ -16,8 +16,8 @@ from mmlo.tasks.config import BenchmarkConfig
 @pytest.mark.slow
 def test_short_protonet_beats_chance_on_every_mode(tmp_path: Path) -> None:
     # 5-way 1-shot ProtoNet (conv-4, 16 channels) after 200 meta-batches of 8: every mode's mean test
-    # accuracy over 40 fixed episodes exceeds chance (0.20) by a wide margin (measured: glyphs 0.72, emoji
-    # 0.68, icons 0.61, textures 0.72; ~75 s on a busy 2-core machine).
+    # accuracy over 40 fixed episodes exceeds chance (0.20) by a wide margin (measured: glyphs 0.81, emoji
+    # 0.66, icons 0.61, textures 0.73; ~75 s on a busy 2-core machine).
     missing = [s.describe() for m in offline4.MODES for s in offline4.mode_sources(m) if not s.present]
     if missing:
         pytest.skip("; ".join(missing))
