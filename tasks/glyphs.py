@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from mmlo.tasks.errors import DataMissingError
 from mmlo.tasks.raster import downsample, elastic_warp, fit_to_frame, random_affine, sample_rng
-from mmlo.tasks.sources import Source, apt_install, locate_font
+from mmlo.tasks.sources import Source, apt_install, describe_names, locate_font
 
 MODE = "glyphs"
 CHANNELS = 1
@@ -28,25 +29,32 @@ CHANNELS = 1
 FONT_SIZE = 80
 #: Unifont's native pixel grid (em size in pixels).
 UNIFONT_GRID = 16
+#: A code point no font maps: what a font draws for it is its missing-glyph box.
+_NONCHARACTER = "\U0010ffff"
 #: A thinner pen is used only where it keeps this share of the ink, i.e. on strokes of 7 px and more (bold
 #: faces): eroding thinner strokes, or Unifont's pixels that touch only at their corners, breaks letters
 #: into dashes.
 _MIN_INK_KEPT = 0.7
 
 
-def sources(table: Mapping[str, Any]) -> list[Source]:
-    """One source per Debian font package the index uses; missing font files are listed by name."""
-    by_package: dict[str, list[str]] = {}
-    for path, package in table["fonts"]:
-        by_package.setdefault(package, [])
-        if locate_font(path) is None:
-            by_package[package].append(path.rsplit("/", 1)[-1])
-    out = []
-    for package, missing in sorted(by_package.items()):
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        detail = f"{len(missing)} font files not found ({shown})" if missing else ""
-        out.append(Source(f"Debian package {package}", not missing, apt_install([package]), detail))
-    return out
+def sources(table: Mapping[str, Any], classes: Sequence[tuple[str, Any]]) -> list[Source]:
+    """One source per Debian font package the index uses: present when every font file the ``classes`` are
+    drawn with is found. (A font that lacks one of its letters, from another package version, is refused
+    when the letter is drawn: :func:`render_sample`.)"""
+    used = {int(f) for _, fonts in classes for f in fonts}
+    missing: dict[str, list[str]] = {package: [] for _, package in table["fonts"]}
+    for font_id, (path, package) in enumerate(table["fonts"]):
+        if font_id in used and locate_font(path) is None:
+            missing[package].append(path.rsplit("/", 1)[-1])
+    return [
+        Source(
+            f"Debian package {package}",
+            not names,
+            apt_install([package]),
+            f"{len(names)} font files not found ({describe_names(names)})" if names else "",
+        )
+        for package, names in sorted(missing.items())
+    ]
 
 
 def letter(key: str) -> str:
@@ -72,6 +80,14 @@ def draw_letter(path: str, char: str, size: int = FONT_SIZE) -> Image.Image:
     return _outline(path, char, size)
 
 
+@functools.lru_cache(maxsize=512)
+def covers(path: str, char: str) -> bool:
+    """Whether the font draws ``char`` with a glyph of its own rather than its missing-glyph box."""
+    drawn = _outline(path, char, UNIFONT_GRID)
+    notdef = _outline(path, _NONCHARACTER, UNIFONT_GRID)
+    return drawn.size != notdef.size or drawn.tobytes() != notdef.tobytes()
+
+
 def _outline(path: str, char: str, size: int, margin: int = 2) -> Image.Image:
     font = _font(path, size)
     left, top, right, bottom = font.getbbox(char)
@@ -94,7 +110,13 @@ def _smoothed_bitmap(path: str, char: str, size: int) -> Image.Image:
 def render_sample(table: Mapping[str, Any], key: str, fonts: Sequence[int], index: int) -> Image.Image:
     """Sample ``index`` of letter ``key`` at the 64 px working size, dark ink on white (L mode)."""
     rng = sample_rng(MODE, key, index)
-    path = table["fonts"][int(fonts[int(rng.integers(len(fonts)))])][0]
+    path, package = table["fonts"][int(fonts[int(rng.integers(len(fonts)))])]
+    if not covers(path, letter(key)):
+        raise DataMissingError(
+            f"{path.rsplit('/', 1)[-1]} has no glyph for {key}: the class index was built with {package} "
+            f"{table['packages'].get(package, '?')}; install that version ({apt_install([package])}) or "
+            "rebuild the index (python -m mmlo.tasks.build_offline4_index), which changes its hash"
+        )
     ink = fit_to_frame(draw_letter(path, letter(key)), rng)
     pen = int(rng.integers(3))
     if pen == 0:

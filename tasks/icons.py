@@ -55,7 +55,7 @@ def bodies(expected_sha256: str) -> dict[str, dict[str, list[Any]]]:
     return json.loads(gzip.decompress(raw))["bodies"]
 
 
-def sources(table: Mapping[str, Any]) -> list[Source]:
+def sources(table: Mapping[str, Any], classes: Sequence[tuple[str, Any]]) -> list[Source]:
     """The rasteriser (pip ``resvg-py``); the icon bodies themselves ship with mmlo."""
     return [
         Source("Python package resvg-py (SVG rasteriser)", find_spec("resvg_py") is not None, pip_install("resvg-py"))

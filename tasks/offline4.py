@@ -131,9 +131,11 @@ def cached_bank_file(
     return None if best is None else best[1]
 
 
-def mode_sources(mode: str) -> list[Source]:
-    """What ``mode`` renders from, and whether each source is present."""
-    return mode_module(mode).sources(load_index()[mode].table)
+def mode_sources(mode: str, classes: Sequence[tuple[str, Any]] | None = None) -> list[Source]:
+    """What ``mode`` renders ``classes`` (default: all of them) from, and whether each source is present."""
+    index = load_index()[mode]
+    chosen = [c for s in SPLITS for c in index.splits[s]] if classes is None else classes
+    return mode_module(mode).sources(index.table, chosen)
 
 
 def status() -> dict[str, list[Source]]:
@@ -163,7 +165,7 @@ def ensure_bank(
     found = cached_bank_file(root, mode, split, image_size, samples_per_class, len(classes))
     if found is not None:
         return found
-    require(mode, mode_sources(mode))
+    require(mode, mode_sources(mode, classes))
     images = render_classes(
         mode,
         index.table,

@@ -1,7 +1,7 @@
 """Rendering many classes of one offline4 mode, on every CPU core, with a progress callback.
 
 Each mode is a module (``glyphs``, ``emoji``, ``icons``, ``textures``) with the same four names: ``MODE``,
-``CHANNELS``, ``sources(table)`` and ``render_class(table, key, entry, samples, size)``. Classes are
+``CHANNELS``, ``sources(table, classes)`` and ``render_class(table, key, entry, samples, size)``. Classes are
 rendered independently (each sample is seeded by its mode, class key and index), so splitting them over
 processes gives the same pixels as one loop.
 """

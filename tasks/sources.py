@@ -76,6 +76,12 @@ def locate_font(debian_path: str) -> Path | None:
     return _fonts_by_name(_search_dirs()).get(path.name)
 
 
+def describe_names(names: list[str], shown: int = 5) -> str:
+    """``a, b, c and 7 more``."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def require(mode: str, sources: Iterable[Source]) -> None:
     """Refuse ``mode`` when any of its sources is missing, naming each and how to install it."""
     missing = [s for s in sources if not s.present]

@@ -19,7 +19,7 @@ Index table: ``palettes``, a list of palettes of three RGB colours. Class entry:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ KINDS: tuple[str, ...] = ("grating", "noise", "voronoi", "spots")
 ROTATION = 10.0
 
 
-def sources(table: Mapping[str, Any]) -> list[Source]:
+def sources(table: Mapping[str, Any], classes: Sequence[tuple[str, Any]]) -> list[Source]:
     """None: textures are pure numpy."""
     return []
 
