@@ -234,7 +234,8 @@ def selected_modes(cfg: BenchmarkConfig) -> tuple[str, ...]:
 
 
 def fingerprint(cfg: BenchmarkConfig) -> str:
-    """Everything that fixes the task distribution: per-mode index hashes, recipe, sizes, episode shape."""
+    """Everything that fixes the images tasks are drawn from: the modes and their index hashes, the recipe,
+    the image size, the samples per class and ``max_classes`` (the episode shape is the study's own record)."""
     modes = selected_modes(cfg)
     index = load_index()
     parts = {
@@ -244,9 +245,6 @@ def fingerprint(cfg: BenchmarkConfig) -> str:
         "image_size": cfg.image_size,
         "samples_per_class": cfg.samples_per_class,
         "max_classes": cfg.max_classes,
-        "ways": cfg.ways,
-        "shots": cfg.shots,
-        "query": cfg.query,
     }
     return canonical_sha256(parts)[:16]
 
@@ -264,19 +262,13 @@ def build(cfg: BenchmarkConfig) -> ImageBenchmark:
     root = cache_root(cfg.cache_dir)
     banks: dict[str, dict[Split, Any]] = {}
     for mode in modes:
+        index = load_index()[mode]
+        chosen = {s: index.classes(s, cfg.max_classes) for s in SPLITS}
         cached = all(
-            cached_bank_file(
-                root,
-                mode,
-                s,
-                cfg.image_size,
-                cfg.samples_per_class,
-                len(load_index()[mode].classes(s, cfg.max_classes)),
-            )
-            for s in SPLITS
+            cached_bank_file(root, mode, s, cfg.image_size, cfg.samples_per_class, len(chosen[s])) for s in SPLITS
         )
         if not cached:
-            require(mode, mode_sources(mode))
+            require(mode, mode_sources(mode, [c for s in SPLITS for c in chosen[s]]))
         banks[mode] = {
             split: functools.partial(
                 load_bank,
