@@ -82,13 +82,19 @@ class ConvEncoder(TaskEncoder):
 
 
 class SetEncoder(TaskEncoder):
-    """Regression: υ = mean over support pairs of MLP([x, y]) (two ReLU layers of width embedding_dim)."""
+    """Regression: υ = tanh(Linear(mean over support pairs of MLP([x, y]))), MLP = two ReLU layers.
+
+    Mean pooling makes υ independent of the order of the support pairs. The final tanh bounds υ as the
+    BiLSTM's hidden states are bounded: an unbounded υ (targets reach ±18 on the linear family) lets
+    FiLM's scales grow until MAML's inner steps diverge within a few dozen meta-iterations.
+    """
 
     def __init__(self, in_features: int, embedding_dim: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             [LinearLayer(in_features, embedding_dim, None), LinearLayer(embedding_dim, embedding_dim, None)]
         )
+        self.pooled = LinearLayer(embedding_dim, embedding_dim, None)
         self.embedding_dim = embedding_dim
 
     def embed(
@@ -103,7 +109,7 @@ class SetEncoder(TaskEncoder):
         h = torch.cat([support_x, support_y], dim=-1)
         for i in range(len(self.layers)):
             h = F.relu(task_linear(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))
-        return h.mean(dim=1)
+        return torch.tanh(F.linear(h.mean(dim=1), params["pooled.weight"], params["pooled.bias"]))
 
 
 class LSTMEncoder(TaskEncoder):

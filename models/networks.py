@@ -204,10 +204,15 @@ def _update_running(
 class LinearLayer(nn.Module):
     """Weight and bias of one linear layer, for one or ``copies`` networks."""
 
-    def __init__(self, n_in: int, n_out: int, copies: int | None) -> None:
+    def __init__(self, n_in: int, n_out: int, copies: int | None, *, weight_std: float | None = None) -> None:
+        """PyTorch's default initialisation, or N(0, weight_std²) weights and zero biases when given."""
         super().__init__()
         self.weight = _uniform((n_out, n_in), n_in, copies)
         self.bias = _uniform((n_out,), n_in, copies)
+        if weight_std is not None:
+            with torch.no_grad():
+                self.weight.normal_(0.0, weight_std)
+                self.bias.zero_()
 
 
 class Backbone(nn.Module, ABC):
@@ -249,11 +254,16 @@ class Backbone(nn.Module, ABC):
         return {}
 
 
+#: Weight scale of the regression MLP, as in the MMAML-Regression code (N(0, 0.01²) weights, zero biases).
+INIT_STD = 0.01
+
+
 class MLP(Backbone):
     """MMAML's regression network: [x, learned bias transformation] -> hidden layers with ReLU -> output.
 
     Each hidden layer is linear -> modulation -> ReLU; the bias transformation (Finn & Levine 2018) is a
     learned vector concatenated to every input, so that MAML can adapt an input-independent bias.
+    Initialised as the authors' code does (:data:`INIT_STD`, zero biases and bias transformation).
     """
 
     def __init__(
@@ -271,8 +281,10 @@ class MLP(Backbone):
         if bias_transformation:
             self.bias_transformation = nn.Parameter(torch.zeros(*lead, bias_transformation))
         widths = [in_features + bias_transformation, *hidden]
-        self.layers = nn.ModuleList(LinearLayer(a, b, copies) for a, b in zip(widths[:-1], widths[1:]))
-        self.head = LinearLayer(widths[-1], out_features, copies)
+        self.layers = nn.ModuleList(
+            LinearLayer(a, b, copies, weight_std=INIT_STD) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.head = LinearLayer(widths[-1], out_features, copies, weight_std=INIT_STD)
         self.out_features = out_features
         self.layer_shapes = tuple(LayerShape((b, a), (b, a)) for a, b in zip(widths[:-1], widths[1:]))
 

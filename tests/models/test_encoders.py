@@ -37,7 +37,7 @@ def test_conv_encoder_is_a_mean_over_support_images_per_task() -> None:
 
 
 def test_set_encoder_mean_pools_over_pairs() -> None:
-    # The MLP set encoder is invariant to the order of the (x, y) support pairs and sees y.
+    # The MLP set encoder is invariant to the order of the (x, y) support pairs, sees y, and is bounded by tanh.
     torch.manual_seed(1)
     encoder = SetEncoder(2, 8).double()
     x, y = torch.randn(2, 5, 1, dtype=torch.float64), torch.randn(2, 5, 1, dtype=torch.float64)
@@ -45,6 +45,7 @@ def test_set_encoder_mean_pools_over_pairs() -> None:
     order = [4, 2, 0, 1, 3]
     torch.testing.assert_close(_embed(encoder, x[:, order], y[:, order]), upsilon)
     assert not torch.allclose(_embed(encoder, x, -y), upsilon)
+    assert bool((_embed(encoder, x, 100 * y).abs() <= 1).all())
 
 
 def test_lstm_encoder_concatenates_both_directions() -> None:

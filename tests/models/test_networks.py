@@ -103,6 +103,15 @@ def test_mlp_with_bias_transformation_by_hand() -> None:
     torch.testing.assert_close(net.run(p, x), torch.tensor([[[3.5], [6.5]]], dtype=torch.float64))
 
 
+def test_mlp_starts_like_the_authors_regression_network() -> None:
+    # MMAML-Regression's initialisation: weights N(0, 0.01²), zero biases, zero bias transformation.
+    torch.manual_seed(4)
+    net = MLP(1, [100, 100], 1, bias_transformation=20, copies=2)
+    weights = torch.cat([net.layers[1].weight.flatten(), net.layers[0].weight.flatten()])
+    assert abs(weights.std().item() - 0.01) < 0.0005
+    assert not net.layers[0].bias.any() and not net.head.bias.any() and not net.bias_transformation.any()
+
+
 def test_factored_linear_layer_equals_the_dense_update() -> None:
     # W + leftᵀ right applied through the factors equals the materialised per-task weight.
     torch.manual_seed(3)
