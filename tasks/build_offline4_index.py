@@ -463,7 +463,8 @@ def write_licenses(sets: Mapping[str, Mapping[str, Any]]) -> None:
         "",
     ]
     for prefix, s in sorted(sets.items()):
-        lines.append(f"- {prefix} ({s['name']} {s['version']}, {s['author']}): {s['license']} {s['url']}".rstrip())
+        source = f"npm @iconify-json/{prefix} {s['version']}"
+        lines.append(f"- {prefix}: {s['name']} by {s['author']} ({source}): {s['license']} {s['url']}".rstrip())
     lines += [
         "",
         "Font Awesome Free (fa6-solid) icons are CC BY 4.0: attribution to Fonticons, Inc.,",
@@ -498,8 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             bodies, sets = vendor_icons(fetch_iconify(Path(tmp)))
         write_gzip_json(bodies_path, {"sets": sets, "bodies": bodies})
-        write_licenses(sets)
     vendored = json.loads(gzip.decompress(bodies_path.read_bytes()))
+    write_licenses(vendored["sets"])
     modes = {
         "glyphs": build_glyphs(),
         "emoji": build_emoji(),
