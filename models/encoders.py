@@ -47,7 +47,7 @@ class ConvEncoder(TaskEncoder):
     ) -> None:
         super().__init__()
         widths = [in_channels, *channels]
-        self.blocks = nn.ModuleList(ConvBlock(a, b, norm, None) for a, b in zip(widths[:-1], widths[1:]))
+        self.blocks = nn.ModuleList(ConvBlock(a, b, norm, None) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.project = LinearLayer(channels[-1], embedding_dim, None)
         self.embedding_dim = embedding_dim
 

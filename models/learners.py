@@ -240,7 +240,11 @@ def _inner_gradients(
         probes = {k: v.requires_grad_() for k, v in probes.items()}
         loss, aux = support_loss(leaves, probes)
         found = torch.autograd.grad(loss, [*leaves.values(), *probes.values()], create_graph=create_graph and outer)
-    return dict(zip(leaves, found[: len(leaves)])), dict(zip(probes, found[len(leaves) :])), aux
+    return (
+        dict(zip(leaves, found[: len(leaves)], strict=True)),
+        dict(zip(probes, found[len(leaves) :], strict=True)),
+        aux,
+    )
 
 
 def _clip_factor(grads: Params, deltas: Params, inputs: Params, max_norm: float) -> torch.Tensor:
@@ -353,9 +357,7 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
     return learner_class(cfg, backbone, encoder, modulation, kind=kind, outputs=benchmark.output_dim)
 
 
-def reference_loop_outputs(
-    learner: Learner, params: Params, batch: TaskBatch, *, training: bool = True
-) -> TaskOutput:
+def reference_loop_outputs(learner: Learner, params: Params, batch: TaskBatch, *, training: bool = True) -> TaskOutput:
     """The same math one task at a time in a Python loop: the baseline for equivalence tests and benches."""
     outputs = [learner.task_outputs(params, batch.select([i]), training=training) for i in range(batch.num_tasks)]
     before = [o.metric_before for o in outputs]

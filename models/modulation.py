@@ -218,9 +218,7 @@ class KernelModulation(Modulation):
 
     @property
     def outputs(self) -> int:
-        return sum(
-            self.rank * sum(self.shapes[i].factors) + self.shapes[i].channels for i in self.layers
-        )
+        return sum(self.rank * sum(self.shapes[i].factors) + self.shapes[i].channels for i in self.layers)
 
     def generate(self, params: Params, embedding: torch.Tensor) -> list[LayerModulation | None]:
         tasks = embedding.shape[0]

@@ -70,9 +70,7 @@ def task_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return torch.baddbmm(per_task(bias, 1, tasks).unsqueeze(1), h, per_task(weight, 2, tasks).transpose(1, 2))
 
 
-def task_conv2d(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tasks: int, *, stride: int
-) -> torch.Tensor:
+def task_conv2d(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tasks: int, *, stride: int) -> torch.Tensor:
     """A 'same'-padded conv on the grouped layout: each task's kernel sees only its own channels."""
     w = per_task(weight, 4, tasks)
     w = w.reshape(tasks * w.shape[1], *w.shape[2:])
@@ -282,11 +280,11 @@ class MLP(Backbone):
             self.bias_transformation = nn.Parameter(torch.zeros(*lead, bias_transformation))
         widths = [in_features + bias_transformation, *hidden]
         self.layers = nn.ModuleList(
-            LinearLayer(a, b, copies, weight_std=INIT_STD) for a, b in zip(widths[:-1], widths[1:])
+            LinearLayer(a, b, copies, weight_std=INIT_STD) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.head = LinearLayer(widths[-1], out_features, copies, weight_std=INIT_STD)
         self.out_features = out_features
-        self.layer_shapes = tuple(LayerShape((b, a), (b, a)) for a, b in zip(widths[:-1], widths[1:]))
+        self.layer_shapes = tuple(LayerShape((b, a), (b, a)) for a, b in zip(widths[:-1], widths[1:], strict=True))
 
     def run(
         self,
@@ -368,7 +366,7 @@ class ConvNet(Backbone):
             raise ValueError(f"unknown norm '{norm}'")
         in_channels, height, width = input_shape
         widths = [in_channels, *channels]
-        self.blocks = nn.ModuleList(ConvBlock(a, b, norm, copies) for a, b in zip(widths[:-1], widths[1:]))
+        self.blocks = nn.ModuleList(ConvBlock(a, b, norm, copies) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.stride = 2 if downsample == "stride" else 1
         self.pool = downsample == "maxpool"
         side_h = conv_output_size(height, len(channels), downsample)
@@ -380,7 +378,7 @@ class ConvNet(Backbone):
         self.out_features = outputs if outputs is not None else self.features
         self.layer_shapes = tuple(
             LayerShape((b, a, 3, 3), conv_factors(b, a, 3, first=i == 0))
-            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
         )
 
     def run(

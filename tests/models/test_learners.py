@@ -31,7 +31,10 @@ class TinyBenchmark(Benchmark):
             g = torch.Generator().manual_seed(int(seed))
             if self.kind == "classification":
                 n_s, n_q = self.ways * self.shots, self.ways * self.query
-                sx, qx = torch.rand(n_s, *self.input_shape, generator=g), torch.rand(n_q, *self.input_shape, generator=g)
+                sx, qx = (
+                    torch.rand(n_s, *self.input_shape, generator=g),
+                    torch.rand(n_q, *self.input_shape, generator=g),
+                )
                 sy = torch.arange(self.ways).repeat_interleave(self.shots)
                 qy = torch.arange(self.ways).repeat_interleave(self.query)
             else:
@@ -46,7 +49,10 @@ class TinyBenchmark(Benchmark):
 
 def _double(batch: TaskBatch) -> TaskBatch:
     return TaskBatch(
-        *(t.double() if t.is_floating_point() else t for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)),
+        *(
+            t.double() if t.is_floating_point() else t
+            for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        ),
         batch.mode,
         batch.seed,
     )
@@ -103,7 +109,9 @@ def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object
     torch.testing.assert_close(batched.metric, looped.metric, atol=1e-6, rtol=0)
     if batched.metric_before is not None or looped.metric_before is not None:
         torch.testing.assert_close(batched.metric_before, looped.metric_before, atol=1e-6, rtol=0)
-    for g_batched, g_looped in zip(_meta_gradient(params, batched.loss.sum()), _meta_gradient(params, looped.loss.sum())):
+    for g_batched, g_looped in zip(
+        _meta_gradient(params, batched.loss.sum()), _meta_gradient(params, looped.loss.sum())
+    ):
         torch.testing.assert_close(g_batched, g_looped, atol=1e-6, rtol=0)
 
 
@@ -197,7 +205,9 @@ def test_second_order_meta_gradient_matches_finite_differences(kind: str, overri
     # The directional derivative of the query loss along random directions equals <meta-gradient, direction>.
     learner, batch = _tiny(kind, seed=3, **overrides)
     params = {k: v.detach() for k, v in learner.params().items()}
-    gradient = _meta_gradient(params, learner.task_outputs({k: v.requires_grad_() for k, v in params.items()}, batch).loss.sum())
+    gradient = _meta_gradient(
+        params, learner.task_outputs({k: v.requires_grad_() for k, v in params.items()}, batch).loss.sum()
+    )
     generator = torch.Generator().manual_seed(4)
     eps = 1e-6
     for _ in range(3):
@@ -249,16 +259,22 @@ def test_oracle_learners_route_each_task_to_its_modes_network() -> None:
         assert all(bool((g[1] == 0).all()) for g in grads)
 
 
-def _reference_protonet_logits(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, ways: int, refine: bool) -> torch.Tensor:
+def _reference_protonet_logits(
+    support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, ways: int, refine: bool
+) -> torch.Tensor:
     """Snell et al.'s logits (and one soft k-means refinement) for one task, with explicit loops."""
     prototypes = torch.stack([support[labels == c].mean(0) for c in range(ways)])
-    logits = -torch.cdist(query, prototypes) ** 2
+    logits = -(torch.cdist(query, prototypes) ** 2)
     if refine:
         soft = torch.softmax(logits, dim=-1)
         prototypes = torch.stack(
-            [(support[labels == c].sum(0) + (soft[:, c : c + 1] * query).sum(0)) / ((labels == c).sum() + soft[:, c].sum()) for c in range(ways)]
+            [
+                (support[labels == c].sum(0) + (soft[:, c : c + 1] * query).sum(0))
+                / ((labels == c).sum() + soft[:, c].sum())
+                for c in range(ways)
+            ]
         )
-        logits = -torch.cdist(query, prototypes) ** 2
+        logits = -(torch.cdist(query, prototypes) ** 2)
     return logits
 
 
@@ -273,7 +289,9 @@ def test_protonet_scores_queries_by_distance_to_support_prototypes(transductive:
     )
     n_support = batch.support_x.shape[1]
     for t in range(batch.num_tasks):
-        logits = _reference_protonet_logits(features[t, :n_support], batch.support_y[t], features[t, n_support:], 3, transductive)
+        logits = _reference_protonet_logits(
+            features[t, :n_support], batch.support_y[t], features[t, n_support:], 3, transductive
+        )
         loss = torch.nn.functional.cross_entropy(logits, batch.query_y[t])
         accuracy = (logits.argmax(-1) == batch.query_y[t]).double().mean()
         torch.testing.assert_close(out.loss[t], loss)

@@ -67,7 +67,9 @@ def test_running_batch_norm_tracks_and_then_uses_running_statistics() -> None:
     params = dict(net.named_parameters())
     x = torch.rand(2, 3, 3, 4, 4, dtype=torch.float64)
     net.run(params, x, training=True, track=True)
-    z = torch.stack([F.conv2d(x[t], params["blocks.0.weight"], params["blocks.0.bias"], stride=2, padding=1) for t in range(2)])
+    z = torch.stack(
+        [F.conv2d(x[t], params["blocks.0.weight"], params["blocks.0.bias"], stride=2, padding=1) for t in range(2)]
+    )
     task_means = z.mean(dim=(1, 3, 4))
     task_vars = z.var(dim=(1, 3, 4), unbiased=True)
     block = net.blocks[0]
