@@ -144,7 +144,7 @@ def prepare(
     config: BenchmarkConfig | None = None,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Make benchmark ``name`` ready for a study; returns the classes per mode and split.
+    """Make benchmark ``name`` ready for a study; prints and returns the classes per mode and split.
 
     ``config`` (a study's benchmark block) says exactly what to prepare (modes, image size, samples per
     class, ``max_classes``); without it, the benchmark's defaults. offline4 renders its cache on every core;
@@ -161,11 +161,17 @@ def prepare(
     if name == "offline4":
         from mmlo.tasks import offline4
 
-        offline4.prepare(cfg, bar)
+        files = offline4.prepare(cfg, bar)
         counts = offline4.class_counts(cfg.max_classes)
-        return {m: counts[m] for m in offline4.selected_modes(cfg)}
-    real = importlib.import_module("mmlo.tasks.real")
-    return dict(real.prepare(cfg, bar))
+        ready = {m: counts[m] for m in offline4.selected_modes(cfg)}
+        where = f" in {files[0].parent.parent}" if files else ""
+    else:
+        real = importlib.import_module("mmlo.tasks.real")
+        ready = dict(real.prepare(cfg, bar))
+        where = ""
+    for mode, per_split in ready.items():
+        print(f"{name} {mode}: ready{where} ({', '.join(f'{s} {n}' for s, n in per_split.items())} classes)")
+    return ready
 
 
 def show(
