@@ -287,6 +287,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--inner-lr", type=float, default=None, help="default: 0.001 (regression), 0.05 (images)")
     p.add_argument("--inner-steps", type=int, default=5)
     p.add_argument("--first-order", action="store_true")
+    p.add_argument("--inner-grad-clip", type=float, default=None, help="MMAML regression code: 10")
+    p.add_argument("--grad-clip", type=float, default=None, help="global norm clip of the meta-gradient")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-interval", type=int, default=50)
     p.add_argument("--val-episodes", type=int, default=20)
@@ -324,11 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         inner_lr=args.inner_lr or (0.001 if regression else 0.05),
         inner_steps=args.inner_steps,
         first_order=args.first_order,
+        inner_grad_clip=args.inner_grad_clip,
     )
     train_cfg = TrainConfig(
         iterations=args.iterations,
         meta_batch=args.meta_batch or (25 if regression else 2) * n_modes,
         lr=args.lr,
+        grad_clip=args.grad_clip,
         val_interval=args.val_interval,
         val_episodes=args.val_episodes,
         eval_episodes=args.eval_episodes,

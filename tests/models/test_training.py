@@ -161,22 +161,25 @@ def test_cli_prints_reports_and_test_means(capsys: pytest.CaptureFixture[str]) -
     assert "sinusoid mse after" in out and "linear mse after" in out
 
 
-def _post_adaptation_mse(learner: str, iterations: int) -> float:
-    cfg = LearnerConfig(learner=learner, inner_lr=0.001, inner_steps=5)
-    train = TrainConfig(iterations=iterations, meta_batch=50, val_interval=iterations, val_episodes=10,
-                        eval_episodes=100, seed=0)
-    return fit(cfg, train, _bench()).test_metric
+#: MMAML-Regression's inner loop (lr 0.001, 5 steps, inner gradients clipped at 10) on a smaller MLP.
+SHORT_BUDGET = dict(hidden=[40, 40], inner_lr=0.001, inner_steps=5, inner_grad_clip=10.0)
+
+
+def _mean_test_mse(rows: list[dict[str, object]]) -> float:
+    return float(np.mean(list(mode_means(rows).values())))
 
 
 @pytest.mark.slow
 def test_mmaml_learns_more_than_maml_and_both_learn() -> None:
-    # on regression2, MMAML's post-adaptation test MSE after a short budget is clearly below MAML's,
-    # and both are far below the untrained network's on the same test episodes
+    # regression2, 2,000 iterations of 10 tasks: MMAML's post-adaptation test MSE is clearly below MAML's
+    # (measured 3.1 vs 9.6), and both are far below the untrained network's (17.0) on the same episodes
+    bench = _bench()
+    train = TrainConfig(iterations=2000, meta_batch=10, val_interval=2000, val_episodes=10, eval_episodes=100)
     torch.manual_seed(0)
-    untrained_rows = evaluate(build_learner(LearnerConfig(learner="maml", inner_lr=0.001), _bench()), _bench(),
-                              "test", 100, 1234, 50)
-    untrained = float(np.mean(list(mode_means(untrained_rows).values())))
-    maml = _post_adaptation_mse("maml", 600)
-    mmaml = _post_adaptation_mse("mmaml", 600)
-    assert maml < 0.6 * untrained
-    assert mmaml < 0.75 * maml
+    untrained = _mean_test_mse(
+        evaluate(build_learner(LearnerConfig(learner="maml", **SHORT_BUDGET), bench), bench, "test", 100, 1234, 50)
+    )
+    maml = fit(LearnerConfig(learner="maml", **SHORT_BUDGET), train, bench).test_metric
+    mmaml = fit(LearnerConfig(learner="mmaml", **SHORT_BUDGET), train, bench).test_metric
+    assert maml < 0.75 * untrained
+    assert mmaml < 0.5 * maml

@@ -36,13 +36,15 @@ def test_unknown_case_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_run_case_reports_the_contract_keys() -> None:
-    # one timed iteration in-process yields positive times, ratio = loop / vectorised, and a peak RSS
+    # one timed iteration in-process yields positive wall and CPU times, ratio = loop / vectorised, a peak RSS
     row = run_case("regression2-maml", 1)
     assert row["seconds_per_iteration"] > 0 and row["loop_seconds_per_iteration"] > 0
     assert row["ratio"] == pytest.approx(row["loop_seconds_per_iteration"] / row["seconds_per_iteration"])
     assert row["peak_rss_mb"] > 0 and row["loop_peak_rss_mb"] >= row["peak_rss_mb"]
+    assert row["cpu_seconds_per_iteration"] > 0 and row["cpu_ratio"] > 0
 
 
+@pytest.mark.slow
 def test_json_lines_from_a_spawned_case(capsys: pytest.CaptureFixture[str]) -> None:
     # --json prints exactly one parseable line per case, with the keys the lead tracks over time
     assert run_bench(["regression2-maml"], 1, as_json=True) == 0
