@@ -102,18 +102,18 @@ class MAML(MetaLearner):
     """MAML (Finn et al. 2017) and its modulated variants MMAML (FiLM/sigmoid/softmax) and KML-on-MAML.
 
     For each task: τ = g(h(S)); θ_0 = θ; θ_{k+1} = θ_k - α ⊙ clip(∇_θ L(S; θ_k, τ)); loss = L(Q; θ_K, τ).
-    The inner gradients of all tasks come from one ``torch.func.grad`` of the summed support losses,
-    taken with respect to per-task copies of θ (``[T, ...]``), so tasks never mix; being a function
-    transform, it also runs under an outer ``vmap``/``grad`` (transference) and under ``torch.no_grad``.
+    The inner gradients of all tasks come from one backward pass of the summed support losses, taken
+    with respect to per-task copies of θ (``[T, ...]``), so tasks never mix; it also runs under a
+    caller's ``vmap``/``grad`` (transference) and under ``torch.no_grad`` (evaluation still adapts).
     Second order unless ``first_order`` (which treats each inner gradient as a constant); α is
     ``inner_lr`` or, with ``learn_inner_lr``, a learned tensor per parameter (Meta-SGD);
     ``inner_grad_clip`` rescales each task's inner gradient to at most that global norm.
 
-    Linear layers whose kernel is not modulated are adapted in factored form when α is a scalar: the
-    gradient of ``z = W h`` is ``δᵀ h`` (δ = ∂L/∂z, one row per support point), so after k steps
-    ``W_k = W_0 - α Σ_j δ_jᵀ h_j`` and ``W_k x = W_0 x - α Σ_j (x h_jᵀ) δ_j``. The network reads the
-    shared ``W_0`` plus these low-rank terms instead of a ``[T, out, in]`` copy per task: the same
-    numbers at a fraction of the memory traffic (the regression MLP's whole inner loop).
+    Linear layers whose kernel is not modulated are adapted in factored form when α is a scalar: with
+    ``W̃ = [W | b]`` and ``h̃ = [h, 1]``, the gradient of ``z = W̃ h̃`` is ``δᵀ h̃`` (δ = ∂L/∂z, one row per
+    support point), so after k steps ``W̃_k = W̃_0 - α Σ_j δ_jᵀ h̃_j`` and ``W̃_k x̃ = W̃_0 x̃ - α Σ_j (x̃·h̃_j) δ_j``.
+    The network reads the shared ``W̃_0`` plus these low-rank terms instead of a ``[T, out, in]`` copy per
+    task: the same numbers at a fraction of the memory traffic (the regression MLP's whole inner loop).
     """
 
     def __init__(
@@ -171,13 +171,13 @@ class MAML(MetaLearner):
     ) -> Params:
         """The inner loop: ``inner_steps`` SGD steps on the support loss, per task, τ held fixed.
 
-        Returns the adapted parameters as the backbone reads them: per-task tensors, plus the shared
-        base weight and ``.left``/``.right`` low-rank factors of factored linear layers.
+        Returns the adapted parameters as the backbone reads them: per-task tensors, plus the base
+        weight and bias and the ``.left``/``.right`` low-rank factors of factored linear layers.
         """
         cfg = self.config
         tasks, n_support = batch.num_tasks, batch.support_x.shape[1]
         factored = {} if isinstance(steps, dict) else self.backbone.low_rank_layers(taus)
-        base = {f"{p}.weight": theta[f"{p}.weight"] for p in factored}
+        base = {f"{p}.{part}": theta[f"{p}.{part}"] for p in factored for part in ("weight", "bias")}
         dense = {k: v if route is not None else v.expand(tasks, *v.shape) for k, v in theta.items() if k not in base}
         factors: Params = {}
         for _ in range(cfg.inner_steps):
@@ -197,7 +197,7 @@ class MAML(MetaLearner):
                 return self._loss_and_metric(out, batch.support_y)[0].sum(), inputs
 
             grads, deltas, inputs = _inner_gradients(support_loss, dense, probes, create_graph=not cfg.first_order)
-            if cfg.first_order:
+            if cfg.first_order or not torch.is_grad_enabled():
                 grads = {k: g.detach() for k, g in grads.items()}
                 deltas = {k: g.detach() for k, g in deltas.items()}
                 inputs = {k: h.detach() for k, h in inputs.items()}
@@ -250,11 +250,13 @@ def _inner_gradients(
 def _clip_factor(grads: Params, deltas: Params, inputs: Params, max_norm: float) -> torch.Tensor:
     """Per-task factor that rescales the whole inner gradient to a global norm of at most max_norm.
 
-    A factored layer's gradient ``δᵀ h`` has squared norm ``Σ (δ δᵀ) ⊙ (h hᵀ)`` (no ``[out, in]`` product).
+    A factored layer's gradient ``δᵀ [h, 1]`` (weight and bias) has squared norm ``Σ (δ δᵀ) ⊙ (h hᵀ + 1)``,
+    computed without forming the ``[out, in]`` product.
     """
     squares = [g.pow(2).flatten(1).sum(1) for g in grads.values()]
     for p, delta in deltas.items():
-        gram = torch.bmm(delta, delta.transpose(1, 2)) * torch.bmm(inputs[p], inputs[p].transpose(1, 2))
+        inner = torch.baddbmm(delta.new_ones(()), inputs[p], inputs[p].transpose(1, 2))
+        gram = torch.bmm(delta, delta.transpose(1, 2)) * inner
         squares.append(gram.flatten(1).sum(1))
     norm = torch.stack(squares).sum(0).sqrt()
     return (max_norm / (norm + 1e-12)).clamp(max=1.0)

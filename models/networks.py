@@ -243,11 +243,11 @@ class Backbone(nn.Module, ABC):
     def low_rank_layers(self, taus: Sequence[LayerModulation | None] | None) -> dict[str, int]:
         """Linear layers MAML may adapt in factored form (prefix -> output width), given τ.
 
-        ``run`` then reads ``{prefix}.left`` ``[T, r, out]`` and ``{prefix}.right`` ``[T, r, in]``
-        (``W_t = W + leftᵀ right``, so ``h W_tᵀ = h Wᵀ + (h rightᵀ) left``) and an optional
-        ``{prefix}.probe`` ``[T, B, out]`` added to the
-        layer's output, whose gradient is δ. A layer whose kernel τ modulates is excluded: ``W ⊙ K``
-        breaks the factorisation.
+        ``run`` then reads ``{prefix}.left`` ``[T, r, out]`` and ``{prefix}.right`` ``[T, r, in]``: the
+        weight and bias together, ``[W_t | b_t] = [W | b] + leftᵀ [right | 1]``, so that
+        ``h W_tᵀ + b_t = h Wᵀ + b + (h rightᵀ + 1) left``; and an optional ``{prefix}.probe``
+        ``[T, B, out]`` added to the layer's output, whose gradient is δ. A layer whose kernel τ
+        modulates is excluded: ``W ⊙ K`` breaks the factorisation.
         """
         return {}
 
@@ -325,7 +325,9 @@ def _factored_linear(
     z = task_linear(h, weight, bias)
     left = params.get(f"{prefix}.left")
     if left is not None:
-        z = torch.baddbmm(z, torch.bmm(h, params[f"{prefix}.right"].transpose(1, 2)), left)
+        # Every stored input row carries the bias column's implicit 1: (h rightᵀ + 1) in one call.
+        coefficients = torch.baddbmm(h.new_ones(()), h, params[f"{prefix}.right"].transpose(1, 2))
+        z = torch.baddbmm(z, coefficients, left)
     probe = params.get(f"{prefix}.probe")
     if probe is not None:
         z = z + probe

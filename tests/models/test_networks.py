@@ -115,7 +115,7 @@ def test_mlp_starts_like_the_authors_regression_network() -> None:
 
 
 def test_factored_linear_layer_equals_the_dense_update() -> None:
-    # W + leftᵀ right applied through the factors equals the materialised per-task weight.
+    # [W | b] + leftᵀ [right | 1] applied through the factors equals the materialised per-task weight and bias.
     torch.manual_seed(3)
     net = MLP(1, [4], 1, bias_transformation=2).double()
     params = dict(net.named_parameters())
@@ -123,7 +123,9 @@ def test_factored_linear_layer_equals_the_dense_update() -> None:
     x = torch.randn(2, 5, 1, dtype=torch.float64)
     factored = net.run({**params, "layers.0.left": left, "layers.0.right": right}, x)
     dense_weight = params["layers.0.weight"] + torch.bmm(left.transpose(1, 2), right)
-    torch.testing.assert_close(factored, net.run({**params, "layers.0.weight": dense_weight}, x))
+    dense_bias = params["layers.0.bias"] + left.sum(1)
+    dense = net.run({**params, "layers.0.weight": dense_weight, "layers.0.bias": dense_bias}, x)
+    torch.testing.assert_close(factored, dense)
     assert set(net.low_rank_layers(None)) == {"layers.0", "head"}
     kernel = LayerModulation(kernel=torch.ones(2, 4, 3, dtype=torch.float64))
     assert set(net.low_rank_layers([kernel])) == {"head"}
