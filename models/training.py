@@ -114,7 +114,7 @@ def _validate(learner: Learner, benchmark: Benchmark, cfg: TrainConfig) -> dict[
     return metrics
 
 
-def _fingerprint_of(learner_cfg: LearnerConfig, benchmark: Benchmark) -> dict[str, str]:
+def _identity(learner_cfg: LearnerConfig, benchmark: Benchmark) -> dict[str, str]:
     return {"learner_config": learner_cfg.model_dump_json(), "benchmark": benchmark.fingerprint()}
 
 
@@ -183,7 +183,7 @@ def fit(
     learner = build_learner(learner_cfg, benchmark).to(torch_device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=train_cfg.lr)
     torch.manual_seed(stream_seed(train_cfg.seed, "torch"))
-    identity = _fingerprint_of(learner_cfg, benchmark)
+    identity = _identity(learner_cfg, benchmark)
 
     done, validations, elapsed_before = 0, 0, 0.0
     final_val = math.nan

@@ -20,6 +20,16 @@ def test_modes_and_kinds_without_building_data() -> None:
     assert {"regression2", "regression5", "offline4", "mm5", "omniglot"} <= set(benchmark_names())
 
 
+def test_image_entries_match_their_builders() -> None:
+    # the registry's mode tuples are the ones offline4 and tasks.real build (no second source of truth drifts)
+    from mmlo.tasks import offline4, real
+
+    assert benchmark_modes("offline4") == offline4.MODES
+    registered = {n for n in benchmark_names() if benchmark_kind(n) == "classification" and n != "offline4"}
+    assert registered == set(real.COMPOSITIONS)
+    assert all(benchmark_modes(n) == real.COMPOSITIONS[n] for n in registered)
+
+
 def test_get_benchmark_builds_regression() -> None:
     # regression names build a RegressionBenchmark with the configured modes and point counts
     bench = get_benchmark(BenchmarkConfig(name="regression2", shots=5, query=5))
