@@ -76,7 +76,7 @@ class ConvEncoder(TaskEncoder):
                 training=training,
                 track=track,
             )
-        pooled = h.mean(dim=(2, 3)).view(batch, tasks, -1).transpose(0, 1)
+        pooled = h.mean(dim=(2, 3)).reshape(batch, tasks, -1).transpose(0, 1)
         per_image = F.relu(task_linear(pooled, params["project.weight"], params["project.bias"]))
         return per_image.mean(dim=1)
 

@@ -261,7 +261,8 @@ class MLP(Backbone):
 
     Each hidden layer is linear -> modulation -> ReLU; the bias transformation (Finn & Levine 2018) is a
     learned vector concatenated to every input, so that MAML can adapt an input-independent bias.
-    Initialised as the authors' code does (:data:`INIT_STD`, zero biases and bias transformation).
+    Initialised as the authors' code does (:data:`INIT_STD`, zero biases and bias transformation); no
+    normalisation layers (their ``--disable-norm``), so ``LearnerConfig.norm`` concerns images only.
     """
 
     def __init__(
