@@ -127,9 +127,12 @@ def start_session(
     return record
 
 
-def record_concurrency(run_dir: Path, phase: str, concurrent: int, reason: str) -> None:
+def record_phase(run_dir: Path, phase: str, concurrent: int, reason: str, trials: int, wall_seconds: float) -> None:
+    """How a phase ran in this session: trials at once (and why), trials run, wall seconds."""
     record = read_provenance(run_dir)
     record.setdefault("concurrency", {})[phase] = {"trials_at_once": concurrent, "why": reason}
+    session = (record.get("sessions") or [{}])[-1]
+    session.setdefault("phases", {})[phase] = {"trials": trials, "wall_seconds": round(wall_seconds, 3)}
     atomic_write_json(Path(run_dir) / PROVENANCE_FILE, record)
 
 

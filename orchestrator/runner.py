@@ -80,6 +80,8 @@ class Run:
     benchmark: Any
     expected: dict[str, float | None] = field(default_factory=dict)
     session: int = 1
+    #: Why ``fits`` trials run at once (printed, and recorded per phase in provenance).
+    fits_reason: str = ""
 
     @property
     def higher_is_better(self) -> bool:
@@ -241,6 +243,7 @@ def _run(run: Run, dashboard: bool) -> int:
                 f"no trial fits on this cluster ({reason}): lower resources.cpus_per_trial/gpus_per_trial "
                 "or run with --address on a cluster that has them"
             )
+        run.fits_reason = reason
         print(f"{fits} trial(s) at once ({reason}); {_expected_line(run, ablation, n_search, fits)}", flush=True)
         progress = StudyProgress(higher_is_better=run.higher_is_better, metric=run.metric, concurrency=fits)
         _plan_display(run, progress, done, ablation, n_search)
@@ -399,7 +402,7 @@ def _ray(run: Run, dashboard: bool) -> Iterator[dict[str, float]]:
         if dashboard and not with_dashboard and run.address is None:
             print("dashboard: not started (install mmlo[dashboard] for Ray's dashboard)", flush=True)
         elif dashboard and getattr(context, "dashboard_url", ""):
-            _announce_when_up(f"http://{context.dashboard_url}")
+            announce_when_up(f"http://{context.dashboard_url}")
     try:
         yield {k: float(v) for k, v in ray.cluster_resources().items()}
     finally:
@@ -424,8 +427,9 @@ def _link_session_logs(run_dir: Path, context: Any) -> None:
     link.symlink_to(Path(session) / "logs", target_is_directory=True)
 
 
-def _announce_when_up(url: str, timeout_s: float = 60.0) -> None:
-    """Print the dashboard URL once it answers HTTP (any status: 401 means up, with token auth)."""
+def announce_when_up(url: str, timeout_s: float = 60.0) -> threading.Thread:
+    """Print the dashboard URL once it answers HTTP (any status: 401 means up, with token auth), never before
+    (ray#6123: a printed link that is dead); the probe runs in a background thread, which is returned."""
 
     def probe() -> None:
         deadline = time.monotonic() + timeout_s
@@ -440,7 +444,9 @@ def _announce_when_up(url: str, timeout_s: float = 60.0) -> None:
             print(f"dashboard: {url}", flush=True)
             return
 
-    threading.Thread(target=probe, name="mmlo-dashboard-probe", daemon=True).start()
+    thread = threading.Thread(target=probe, name="mmlo-dashboard-probe", daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager
@@ -629,7 +635,6 @@ def _run_grid(run: Run, phase: str, trials: list[dict[str, Any]], fits: int, pro
 
     trials = sorted(trials, key=lambda t: -_expected(run, TrialSpec.from_json(t)))
     pieces = _tuner_pieces(run, phase, fits, progress)
-    provenance.record_concurrency(run.run_dir, phase, fits, "cluster fit and --max-concurrent")
     tuner = tune.Tuner(
         pieces["trainable"],
         param_space={**_base_config(run), "trial": tune.grid_search(trials)},
@@ -641,7 +646,9 @@ def _run_grid(run: Run, phase: str, trials: list[dict[str, Any]], fits: int, pro
         ),
         run_config=pieces["run_config"],
     )
+    started = time.perf_counter()
     tuner.fit()
+    provenance.record_phase(run.run_dir, phase, fits, run.fits_reason, len(trials), time.perf_counter() - started)
 
 
 def _run_search(run: Run, n_trials: int, fits: int, progress: StudyProgress) -> None:
@@ -665,7 +672,7 @@ def _run_search(run: Run, n_trials: int, fits: int, progress: StudyProgress) -> 
         if number not in finished:
             ledger.remove_trial(run.run_dir, record["trial_id"])
     concurrent = min(fits, study.search.max_concurrent or fits)
-    provenance.record_concurrency(run.run_dir, "search", concurrent, "cluster fit, search.max_concurrent")
+    reason = run.fits_reason + (f", search.max_concurrent={study.search.max_concurrent}" if concurrent < fits else "")
     mode = "max" if run.higher_is_better else "min"
     searcher = make_searcher(study, run.space, storage, "val_metric", mode)
     scheduler = None
@@ -693,7 +700,9 @@ def _run_search(run: Run, n_trials: int, fits: int, progress: StudyProgress) -> 
         ),
         run_config=pieces["run_config"],
     )
+    started = time.perf_counter()
     tuner.fit()
+    provenance.record_phase(run.run_dir, "search", concurrent, reason, n_trials, time.perf_counter() - started)
 
 
 def best_search_trials(run_dir: Path, study: Study, higher_is_better: bool) -> list[TrialSpec]:

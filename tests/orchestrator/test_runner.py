@@ -11,6 +11,7 @@ from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.plan import TrialSpec, ablation_trials, confirm_trials, search_trial
 from mmlo.orchestrator.runner import (
     Run,
+    announce_when_up,
     best_search_trials,
     finalize_record,
     latest_checkpoints,
@@ -150,3 +151,31 @@ def test_worker_records_win(tmp_path: Path) -> None:
     finished(tmp_path, "search-000", "completed", 0.5)
     record = finalize_record(run, "search-000", {"optuna_number": 0}, {"iteration": 5}, None)
     assert record["state"] == "completed" and record["iterations_done"] == 10
+
+
+def test_dashboard_url_is_printed_only_once_it_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    # a URL that answers HTTP (even 401) is printed; one where nothing listens never is
+    import http.server
+    import socket
+    import threading
+
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        announce_when_up(url, timeout_s=10).join(timeout=15)
+    finally:
+        server.shutdown()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    announce_when_up(dead, timeout_s=1.5).join(timeout=10)
+    assert capsys.readouterr().out == f"dashboard: {url}\n"
