@@ -103,6 +103,13 @@ class LearnerConfig(BaseModel):
             "default, recorded either way."
         ),
     )
+    query_embedding: bool = Field(
+        False,
+        description=(
+            "Modulated ProtoNet (mprotonet, kml): modulate the query pass with υ recomputed from the query "
+            "images, as the KML authors' code does; default off (υ from the support set for both passes)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_base(self) -> LearnerConfig:

@@ -72,13 +72,11 @@ class MetaLearner(Learner):
             counts[component[name.split(".", 1)[0]]] += p.numel()
         return {**counts, "total": sum(counts.values())}
 
-    def _taus(self, params: Params, batch: TaskBatch, *, training: bool) -> Taus:
-        """τ per layer for every task, from υ = h(support set)."""
+    def _taus(self, params: Params, x: torch.Tensor, y: torch.Tensor, *, training: bool) -> Taus:
+        """τ per layer for every task, from υ = h(x, y) (the support set, unless a quirk says otherwise)."""
         if self.encoder is None or self.modulation is None:
             return None
-        embedding = self.encoder.embed(
-            _sub(params, "encoder."), batch.support_x, batch.support_y, training=training, track=training
-        )
+        embedding = self.encoder.embed(_sub(params, "encoder."), x, y, training=training, track=training)
         return self.modulation.generate(_sub(params, "modulation."), embedding)
 
     def _route(self, params: Params, batch: TaskBatch) -> tuple[Params, torch.Tensor | None]:
@@ -143,7 +141,7 @@ class MAML(MetaLearner):
         statistics. ``metric_before`` is the query metric of the modulated, not yet adapted network.
         """
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            taus = self._taus(params, batch, training=training)
+            taus = self._taus(params, batch.support_x, batch.support_y, training=training)
             theta, route = self._route(_sub(params, "backbone."), batch)
             with torch.no_grad():
                 before = self.backbone.run(theta, batch.query_x, taus, route=route, training=training)
@@ -270,7 +268,9 @@ class ProtoNet(MetaLearner):
     the negative squared Euclidean distance, the loss the query cross-entropy. τ comes from the support
     set only. With ``transductive``, prototypes are refined once with the query soft labels (one soft
     k-means step, the KML authors' default): ``p_c = (Σ_S z + Σ_Q softmax(-d)_c z) / (n_c + Σ_Q softmax(-d)_c)``.
-    ``metric_before`` is None: there is no gradient adaptation.
+    With ``query_embedding`` (the KML authors' other quirk), the query images are embedded in a pass of
+    their own, modulated by υ computed from the query images. ``metric_before`` is None: there is no
+    gradient adaptation.
     """
 
     def task_outputs(self, params: Params, batch: TaskBatch, *, training: bool = True) -> TaskOutput:
@@ -280,15 +280,25 @@ class ProtoNet(MetaLearner):
         uses its running statistics.
         """
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            taus = self._taus(params, batch, training=training)
+            taus = self._taus(params, batch.support_x, batch.support_y, training=training)
             theta, route = self._route(_sub(params, "backbone."), batch)
-            n_support = batch.support_x.shape[1]
-            images = torch.cat([batch.support_x, batch.query_x], dim=1)
-            features = self.backbone.run(theta, images, taus, route=route, training=training, track=training)
-            support, query = features[:, :n_support], features[:, n_support:]
+            if self.config.query_embedding and taus is not None:
+                # The image encoder never reads labels, so handing it the query labels leaks nothing.
+                query_taus = self._taus(params, batch.query_x, batch.query_y, training=training)
+                support = self.backbone.run(
+                    theta, batch.support_x, taus, route=route, training=training, track=training
+                )
+                query = self.backbone.run(
+                    theta, batch.query_x, query_taus, route=route, training=training, track=training
+                )
+            else:
+                n_support = batch.support_x.shape[1]
+                images = torch.cat([batch.support_x, batch.query_x], dim=1)
+                features = self.backbone.run(theta, images, taus, route=route, training=training, track=training)
+                support, query = features[:, :n_support], features[:, n_support:]
             # A comparison, not F.one_hot, whose range check is data-dependent and breaks under vmap.
-            classes = torch.arange(self.outputs, device=features.device)
-            onehot = (batch.support_y.unsqueeze(-1) == classes).to(features.dtype)
+            classes = torch.arange(self.outputs, device=support.device)
+            onehot = (batch.support_y.unsqueeze(-1) == classes).to(support.dtype)
             sums, counts = torch.bmm(onehot.transpose(1, 2), support), onehot.sum(1)
             logits = -_squared_distances(query, sums / counts.clamp(min=1).unsqueeze(-1))
             if self.config.transductive:

@@ -95,6 +95,7 @@ EVERY_LEARNER: list[tuple[str, dict[str, object]]] = [
     ("classification", dict(learner="mprotonet", modulation="sigmoid")),
     ("classification", dict(learner="kml")),
     ("classification", dict(learner="kml", kml_rank=3, transductive=True, downsample="stride")),
+    ("classification", dict(learner="kml", query_embedding=True, transductive=True)),
 ]
 
 
@@ -356,3 +357,24 @@ def test_learners_compose_with_torch_func_transforms(kind: str, overrides: dict[
         single = torch.func.grad(one_task)(theta, *(c[t] for c in columns))
         for k in theta:
             torch.testing.assert_close(batched[k][t], single[k], atol=1e-6, rtol=0)
+
+
+def test_query_embedding_modulates_the_query_pass_with_the_querys_own_upsilon() -> None:
+    # KML authors' quirk: the query features use υ(query images); by default both passes use υ(support).
+    learner, batch = _tiny("classification", learner="kml", query_embedding=True)
+    params = learner.params()
+    out = learner.task_outputs(params, batch)
+    backbone = {k.removeprefix("backbone."): v for k, v in params.items() if k.startswith("backbone.")}
+    encoder = {k.removeprefix("encoder."): v for k, v in params.items() if k.startswith("encoder.")}
+    generator = {k.removeprefix("modulation."): v for k, v in params.items() if k.startswith("modulation.")}
+
+    def taus(x: torch.Tensor, y: torch.Tensor) -> object:
+        return learner.modulation.generate(generator, learner.encoder.embed(encoder, x, y))  # type: ignore[union-attr]
+
+    support = learner.backbone.run(backbone, batch.support_x, taus(batch.support_x, batch.support_y))
+    query = learner.backbone.run(backbone, batch.query_x, taus(batch.query_x, batch.query_y))
+    for t in range(batch.num_tasks):
+        logits = _reference_protonet_logits(support[t], batch.support_y[t], query[t], 3, False)
+        torch.testing.assert_close(out.loss[t], torch.nn.functional.cross_entropy(logits, batch.query_y[t]))
+    default, _ = _tiny("classification", learner="kml")
+    assert not torch.allclose(default.task_outputs(params, batch).loss, out.loss)
