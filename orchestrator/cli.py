@@ -229,7 +229,7 @@ def transference(
 @app.command()
 def bench(
     case: Annotated[list[str] | None, typer.Option("--case", help="Run only these cases (repeatable).")] = None,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed iterations per case.")] = 10,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed iterations per case (after a warm-up).")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Speed benchmark: seconds per meta-iteration and peak memory, vectorised vs a per-task loop."""
