@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from mmlo.models.base import Params
 from mmlo.models.networks import ConvBlock, LinearLayer, conv_block, grouped, task_linear
@@ -116,6 +115,9 @@ class LSTMEncoder(TaskEncoder):
     """Regression, MMAML's encoder: a bidirectional LSTM over the support pairs in their given order.
 
     υ is the concatenation of the forward and backward final hidden states, embedding_dim/2 wide each.
+    The parameters are ``nn.LSTM``'s (same names, initialisation and gate order i, f, g, o), but the
+    recurrence is written out step by step over the support points: ``nn.LSTM`` has no vmap rule, and
+    transference runs every learner under ``vmap``.
     """
 
     def __init__(self, in_features: int, embedding_dim: int) -> None:
@@ -134,9 +136,25 @@ class LSTMEncoder(TaskEncoder):
         training: bool = True,
         track: bool = False,
     ) -> torch.Tensor:
-        lstm_params = {k.removeprefix("lstm."): v for k, v in params.items()}
-        _, (final, _) = functional_call(self.lstm, lstm_params, (torch.cat([support_x, support_y], dim=-1),))
-        return torch.cat([final[0], final[1]], dim=-1)
+        pairs = torch.cat([support_x, support_y], dim=-1)
+        forward = _lstm_final_state(params, "", pairs, reverse=False)
+        backward = _lstm_final_state(params, "_reverse", pairs, reverse=True)
+        return torch.cat([forward, backward], dim=-1)
+
+
+def _lstm_final_state(params: Params, suffix: str, x: torch.Tensor, *, reverse: bool) -> torch.Tensor:
+    """Final hidden state of one direction of a one-layer LSTM over ``x`` ``[T, K, in]`` (zero initial state)."""
+    w_hh = params[f"lstm.weight_hh_l0{suffix}"]
+    inputs = F.linear(x, params[f"lstm.weight_ih_l0{suffix}"], params[f"lstm.bias_ih_l0{suffix}"])
+    h = x.new_zeros(x.shape[0], w_hh.shape[1])
+    c = torch.zeros_like(h)
+    steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    for k in steps:
+        gates = torch.addmm(inputs[:, k], h, w_hh.t()) + params[f"lstm.bias_hh_l0{suffix}"]
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    return h
 
 
 def build_encoder(

@@ -335,6 +335,7 @@ def test_configurations_the_benchmark_cannot_run_are_refused() -> None:
     ("kind", "overrides"),
     [
         ("regression", dict(learner="mmaml")),
+        ("regression", dict(learner="mmaml", encoder="lstm")),
         ("classification", dict(learner="kml", base="maml", norm="running")),
         ("classification", dict(learner="kml", transductive=True)),
         ("classification", dict(learner="multi_protonet")),
