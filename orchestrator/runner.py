@@ -58,6 +58,9 @@ RAY_ENVIRONMENT = {
     # Tune warns on stdout when checkpoints force snapshots of its experiment state; the ledger, not that
     # snapshot, is what a resume relies on.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Ray runs workers at nice 15 by default, as background work; a study's trials are the work itself,
+    # and at nice 15 any other process on the machine starves them.
+    "RAY_worker_niceness": "0",
 }
 #: Spec keys that may change between sessions of one run (they do not change results).
 RESUMABLE_KEYS = ("output", "resources", "description")
