@@ -252,16 +252,7 @@ def _float64(batch: TaskBatch) -> TaskBatch:
         ("regression", "maml", {}),
         ("regression", "multi_maml", {}),
         ("regression", "mmaml", {}),
-        pytest.param(
-            "regression",
-            "mmaml",
-            {"encoder": "lstm"},
-            marks=pytest.mark.xfail(
-                raises=RuntimeError,
-                strict=True,
-                reason="nn.LSTM has no vmap rule: the BiLSTM encoder needs its own cell",
-            ),
-        ),
+        ("regression", "mmaml", {"encoder": "lstm"}),
     ],
 )
 def test_real_learners_vectorised_equals_loop(kind: str, learner: str, extra: dict[str, object]) -> None:
