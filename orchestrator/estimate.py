@@ -18,20 +18,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmlo.orchestrator.plan import TrialSpec, reports_per_trial
+from mmlo.orchestrator.plan import TrialSpec, measures_transference, reports_per_trial
 from mmlo.orchestrator.spec import Study
 from mmlo.tasks.base import Benchmark
 
-#: Seconds a trial spends outside ``fit``: actor start-up or reuse, building the benchmark, writing parts.
-TRIAL_OVERHEAD_S = 2.0
+#: Seconds a trial spends outside ``fit``: actor reuse, building the benchmark, writing parts.
+TRIAL_OVERHEAD_S = 1.0
+#: Seconds a phase spends starting its actors (a fresh Python process importing torch and mmlo) and the
+#: session spends starting Ray and writing the report: measured on a 2-core machine.
+PHASE_START_S = 9.0
+SESSION_OVERHEAD_S = 15.0
 
 
 @dataclass(frozen=True)
 class StepTiming:
-    """Seconds of one outer step and of one evaluation batch (``meta_batch`` tasks) of one configuration."""
+    """Seconds of one outer step and of one evaluation batch (``meta_batch`` tasks) of one configuration,
+    and of one transference measurement at the study's size (0 when the trial measures none)."""
 
     step_s: float
     eval_batch_s: float
+    transference_s: float = 0.0
 
 
 def time_configuration(study: Study, spec: TrialSpec, benchmark: Benchmark, threads: int) -> StepTiming | None:
@@ -63,11 +69,30 @@ def time_configuration(study: Study, spec: TrialSpec, benchmark: Benchmark, thre
         tic = time.perf_counter()
         learner.task_outputs(learner.params(), batches[0], training=False)
         eval_batch_s = time.perf_counter() - tic
+        transference_s = _time_transference(study, spec, learner, benchmark)
     except Exception:  # noqa: BLE001 - the trial itself will fail and record why
         return None
     finally:
         torch.set_num_threads(previous)
-    return StepTiming(step_s, eval_batch_s)
+    return StepTiming(step_s, eval_batch_s, transference_s)
+
+
+def _time_transference(study: Study, spec: TrialSpec, learner: object, benchmark: Benchmark) -> float:
+    """One measurement with one source and one target per mode, scaled to the study's pairs (the cost
+    grows with sources x targets: every look-ahead point is scored on every target)."""
+    t = study.transference
+    if t is None or not measures_transference(study, spec):
+        return 0.0
+    from mmlo.models.transference import make_transference_hook
+
+    train = spec.train_config(study)
+    hook = make_transference_hook(benchmark, train, sources_per_mode=1, targets_per_mode=1)
+    tic = time.perf_counter()
+    hook(train.iterations, learner, benchmark)  # type: ignore[arg-type]
+    once = time.perf_counter() - tic
+    # Self-transference appends the targets to the sources.
+    pairs = (t.sources_per_mode + t.targets_per_mode) * t.targets_per_mode
+    return once * pairs / 2 * len(t.at or [train.iterations])
 
 
 def trial_seconds(study: Study, spec: TrialSpec, timing: StepTiming, modes: int) -> float:
@@ -77,7 +102,12 @@ def trial_seconds(study: Study, spec: TrialSpec, timing: StepTiming, modes: int)
     eval_batches = (
         reports * math.ceil(train.val_episodes / train.meta_batch) + math.ceil(train.eval_episodes / train.meta_batch)
     ) * modes
-    return TRIAL_OVERHEAD_S + train.iterations * timing.step_s + eval_batches * timing.eval_batch_s
+    return (
+        TRIAL_OVERHEAD_S
+        + train.iterations * timing.step_s
+        + eval_batches * timing.eval_batch_s
+        + timing.transference_s
+    )
 
 
 def estimate_trials(
@@ -88,7 +118,8 @@ def estimate_trials(
     out: dict[str, float | None] = {}
     modes = len(benchmark.modes)
     for spec in specs:
-        key = spec.learner_config(study).model_dump_json() + f"|{spec.train_config(study).meta_batch}"
+        measures = measures_transference(study, spec)
+        key = spec.learner_config(study).model_dump_json() + f"|{spec.train_config(study).meta_batch}|{measures}"
         if key not in timings:
             timings[key] = time_configuration(study, spec, benchmark, threads)
         timing = timings[key]

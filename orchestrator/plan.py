@@ -90,6 +90,12 @@ class TrialSpec:
         return study.train_config(self.base_arm(study), self.seed, self.decoded_overrides(), self.iterations)
 
 
+def measures_transference(study: Study, spec: TrialSpec) -> bool:
+    """Transference is measured in ablation trials of the arms the study's block names (default: all)."""
+    t = study.transference
+    return t is not None and spec.phase == "ablation" and (t.arms is None or spec.arm in t.arms)
+
+
 def base_arm(study: Study, name: str | None) -> Arm:
     """The arm called ``name``; with no arms at all (a search-only study), an empty arm of study defaults."""
     if name is not None and any(a.name == name for a in study.arms):

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +35,12 @@ import yaml
 
 from mmlo.orchestrator import ledger, provenance, sink
 from mmlo.orchestrator.errors import UserError
-from mmlo.orchestrator.estimate import estimate_trials, makespan
+from mmlo.orchestrator.estimate import PHASE_START_S, SESSION_OVERHEAD_S, estimate_trials, makespan
+from mmlo.orchestrator.phases import AfterSearch, Planned, Sampled, Stage, StudySearcher
 from mmlo.orchestrator.plan import (
     TrialSpec,
     ablation_trials,
     confirm_trials,
-    reports_per_trial,
     search_iterations,
     search_trial,
 )
@@ -237,7 +237,7 @@ def _run(run: Run, dashboard: bool) -> int:
         if n_search and run.space is not None:
             planned.append(search_trial(study, 0, {}))
         run.expected = estimate_trials(study, planned, run.benchmark, threads)
-    with _logs_to_file(run_dir / "logs" / "driver.log"), _ray(run, dashboard) as resources:
+    with _logs_to_file(run_dir / "logs" / "driver.log") as attach, _ray(run, dashboard, attach) as resources:
         fits, reason = local_concurrency(study, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
         if run.max_concurrent is not None and run.max_concurrent < fits:
             fits, reason = run.max_concurrent, reason + f", capped by --max-concurrent={run.max_concurrent}"
@@ -251,19 +251,7 @@ def _run(run: Run, dashboard: bool) -> int:
         progress = StudyProgress(higher_is_better=run.higher_is_better, metric=run.metric, concurrency=fits)
         _plan_display(run, progress, done, ablation, n_search)
         with _sigterm_as_interrupt():
-            for phase in study.resolved_phases:
-                progress.phase = phase
-                if phase == "ablation" and ablation:
-                    _run_grid(run, "ablation", _with_checkpoints(run, ablation), fits, progress)
-                elif phase == "search" and n_search:
-                    _run_search(run, n_search, fits, progress)
-                elif phase == "confirm":
-                    confirm = [t for t in _confirm_plan(run) if t.trial_id not in ledger.finished(run_dir)]
-                    for spec in confirm:
-                        progress.claim(CONFIRM_PENDING, spec.trial_id, _label(spec), _expected(run, spec), spec.iterations)
-                    progress.drop(CONFIRM_PENDING)
-                    if confirm:
-                        _run_grid(run, "confirm", _with_checkpoints(run, confirm), fits, progress)
+            _run_tuner(run, _stages(run, ablation, n_search, fits, progress), fits, progress)
         progress.close()
     _write_tables(run)
     final = ledger.finished(run_dir)
@@ -310,18 +298,19 @@ def _expected(run: Run, spec: TrialSpec) -> float:
 
 
 def _expected_line(run: Run, ablation: Sequence[TrialSpec], n_search: int, fits: int) -> str:
+    """The expected duration: every trial left dealt longest-first onto the slots, plus starting Ray and the
+    actors and writing the report (an upper bound when ASHA may stop search trials early)."""
     if not run.expected or any(run.expected.get(t.trial_id) is None for t in ablation):
         return "expected duration: shown live (ETA) once the first trials report"
     study = run.study
-    total = makespan([_expected(run, t) for t in ablation], fits)
+    seconds = [_expected(run, t) for t in ablation]
     if n_search:
-        probe = search_trial(study, 0, {})
-        concurrent = min(fits, (study.search.max_concurrent if study.search else None) or fits)
-        total += makespan([_expected(run, probe)] * n_search, concurrent)
+        seconds += [_expected(run, search_trial(study, 0, {}))] * n_search
     if study.confirm is not None and "confirm" in study.resolved_phases and study.search is not None:
-        n = study.confirm.top_k * len(study.seeds)
         probe = confirm_trials(study, [search_trial(study, 0, {})])[0]
-        total += makespan([_expected(run, probe)] * n, fits)
+        done = sum(1 for r in ledger.finished(run.run_dir).values() if r["phase"] == "confirm")
+        seconds += [_expected(run, probe)] * max(0, study.confirm.top_k * len(study.seeds) - done)
+    total = makespan(seconds, fits) + PHASE_START_S + SESSION_OVERHEAD_S
     ceiling = " at most" if n_search and study.scheduler.type == "asha" else ""
     return f"expected duration{ceiling} ~{duration(total)} (timed one step of each arm on this machine)"
 
@@ -347,8 +336,12 @@ def _plan_display(
 
 
 @contextmanager
-def _logs_to_file(path: Path) -> Iterator[None]:
-    """Send Ray's, Tune's and Optuna's log records to ``path`` instead of the terminal, for the duration."""
+def _logs_to_file(path: Path) -> Iterator[Callable[[], None]]:
+    """Send Ray's, Tune's and Optuna's log records to ``path`` instead of the terminal, for the duration.
+
+    Yields a function that installs the file handler again: ``ray.init(configure_logging=False)`` clears the
+    ``ray`` logger's handlers, after which Python would print its warnings on stderr.
+    """
     for key, value in RAY_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     # Ray installs its own terminal handler when imported: import first, then take its place.
@@ -358,18 +351,17 @@ def _logs_to_file(path: Path) -> Iterator[None]:
     optuna.logging.disable_default_handler()
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    saved = []
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        saved.append((logger, list(logger.handlers), logger.propagate))
-        logger.handlers = [handler]
-        logger.propagate = False
+    loggers = [logging.getLogger(name) for name in (*LOGGERS, "py.warnings")]
+    saved = [(logger, list(logger.handlers), logger.propagate) for logger in loggers]
+
+    def attach() -> None:
+        for logger in loggers:
+            logger.handlers, logger.propagate = [handler], False
+
+    attach()
     logging.captureWarnings(True)
-    warnings_logger = logging.getLogger("py.warnings")
-    saved.append((warnings_logger, list(warnings_logger.handlers), warnings_logger.propagate))
-    warnings_logger.handlers, warnings_logger.propagate = [handler], False
     try:
-        yield
+        yield attach
     finally:
         optuna.logging.enable_default_handler()
         logging.captureWarnings(False)
@@ -379,7 +371,7 @@ def _logs_to_file(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def _ray(run: Run, dashboard: bool) -> Iterator[dict[str, float]]:
+def _ray(run: Run, dashboard: bool, attach_logs: Callable[[], None]) -> Iterator[dict[str, float]]:
     """A Ray cluster for the session (local by default, or ``--address``); yields its total resources."""
     import ray
 
@@ -401,6 +393,7 @@ def _ray(run: Run, dashboard: bool) -> Iterator[dict[str, float]]:
                 object_store_memory=256 * 2**20,
                 **kwargs,
             )
+        attach_logs()
         _link_session_logs(run.run_dir, context)
         if dashboard and not with_dashboard and run.address is None:
             print("dashboard: not started (install mmlo[dashboard] for Ray's dashboard)", flush=True)
@@ -470,14 +463,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _with_checkpoints(run: Run, specs: Sequence[TrialSpec]) -> list[dict[str, Any]]:
-    """Trial configs; an interrupted trial resumes from the last checkpoint an earlier session persisted."""
+    """Tune configs of planned trials; an interrupted trial resumes from the last checkpoint an earlier
+    session persisted."""
     found = latest_checkpoints(run.run_dir / "ray")
     out = []
     for spec in specs:
         trial = spec.to_json()
         if spec.trial_id in found:
             trial["resume_from"] = str(found[spec.trial_id])
-        out.append(trial)
+        out.append({"trial": trial})
     return out
 
 
@@ -506,17 +500,30 @@ def _trial_id(config: dict[str, Any]) -> str:
     return str(config["trial"]["trial_id"])
 
 
+def _phase_of(config: dict[str, Any]) -> str:
+    return "search" if config.get(NUMBER_KEY) is not None else str(config["trial"]["phase"])
+
+
 def _tune_callback(run: Run, progress: StudyProgress) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
-        """Feeds the status line, records trials Ray stopped or lost, refreshes the tables."""
+        """Feeds the status line, records trials Ray stopped or lost, refreshes the tables; ``phases`` holds
+        each phase's first start, last end (monotonic seconds) and trial count."""
+
+        def __init__(self) -> None:
+            self.phases: dict[str, tuple[float, float, int]] = {}
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             trial_id = _trial_id(trial.config)
             if not progress.knows(trial_id):
                 spec = search_trial(run.study, int(trial.config[NUMBER_KEY]), {})
                 progress.claim(SEARCH_PENDING, trial_id, trial_id, _expected(run, spec), spec.iterations)
+            phase = _phase_of(trial.config)
+            now = time.monotonic()
+            first, last, count = self.phases.get(phase, (now, now, 0))
+            self.phases[phase] = (first, last, count + 1)
+            progress.phase = phase
             progress.started(trial_id)
             progress.tick()
 
@@ -537,6 +544,9 @@ def _tune_callback(run: Run, progress: StudyProgress) -> Any:
 
         def _ended(self, trial: Any, error: str | None) -> None:
             trial_id = _trial_id(trial.config)
+            phase = _phase_of(trial.config)
+            first, _, count = self.phases.get(phase, (time.monotonic(), 0.0, 1))
+            self.phases[phase] = (first, time.monotonic(), count)
             record = finalize_record(run, trial_id, trial.config, trial.last_result or {}, error)
             note = f"  ({record.get('failure_reason')})" if record["state"] == "failed" else ""
             progress.finished(
@@ -605,107 +615,107 @@ def finalize_record(
     return record
 
 
-def _tuner_pieces(run: Run, phase: str, fits: int, progress: StudyProgress) -> dict[str, Any]:
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    study = run.study
-    resources = {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial}
-    trainable = tune.with_resources(run_trial, resources)
-    run_config = tune.RunConfig(
-        name=f"{phase}-{run.session}",
-        storage_path=str(run.run_dir / "ray"),
-        verbose=0,
-        callbacks=[_tune_callback(run, progress), JsonLoggerCallback()],
-        failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        log_to_file=True,
-    )
-    return {"trainable": trainable, "run_config": run_config}
-
-
-def _base_config(run: Run) -> dict[str, Any]:
-    return {"run_dir": str(run.run_dir), "cpus": run.study.resources.cpus_per_trial}
+def _stages(
+    run: Run, ablation: Sequence[TrialSpec], n_search: int, fits: int, progress: StudyProgress
+) -> list[Stage]:
+    """The study's phases in order, as stages of one Tune experiment (what is left of each)."""
+    study, stages = run.study, []
+    search: Sampled | None = None
+    for phase in study.resolved_phases:
+        if phase == "ablation" and ablation:
+            longest_first = sorted(ablation, key=lambda t: -_expected(run, t))
+            stages.append(Planned(_with_checkpoints(run, longest_first)))
+        elif phase == "search" and n_search:
+            search = _search_stage(run, n_search, fits)
+            stages.append(search)
+        elif phase == "confirm":
+            stages.append(AfterSearch(search, lambda: _confirm_configs(run, progress)))
+    return stages
 
 
-def _trial_dirname(trial: Any) -> str:
-    return _trial_id(trial.config)
-
-
-def _run_grid(run: Run, phase: str, trials: list[dict[str, Any]], fits: int, progress: StudyProgress) -> None:
-    """Run planned trials (ablation or confirm), longest expected first, every one to its full budget."""
-    from ray import tune
-
-    trials = sorted(trials, key=lambda t: -_expected(run, TrialSpec.from_json(t)))
-    pieces = _tuner_pieces(run, phase, fits, progress)
-    tuner = tune.Tuner(
-        pieces["trainable"],
-        param_space={**_base_config(run), "trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(
-            reuse_actors=True,
-            max_concurrent_trials=fits,
-            trial_name_creator=_trial_dirname,
-            trial_dirname_creator=_trial_dirname,
-        ),
-        run_config=pieces["run_config"],
-    )
-    started = time.perf_counter()
-    tuner.fit()
-    provenance.record_phase(run.run_dir, phase, fits, run.fits_reason, len(trials), time.perf_counter() - started)
-
-
-def _run_search(run: Run, n_trials: int, fits: int, progress: StudyProgress) -> None:
-    """The Optuna phase: TPE through OptunaSearch, ASHA on the validation reports, journal in the run dir."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
+def _search_stage(run: Run, n_trials: int, fits: int) -> Sampled:
+    """Optuna through OptunaSearch, its journal in the run directory, interrupted trials closed first."""
     from mmlo.orchestrator.search import enqueue, journal_storage, make_searcher, reconcile_journal
 
     study = run.study
     assert study.search is not None and run.space is not None
     storage = journal_storage(run.run_dir / "optuna.journal")
     searched = {
-        int(r["trial_id"].removeprefix("search-")): r
-        for r in ledger.records(run.run_dir)
-        if r.get("phase") == "search"
+        int(r["trial_id"].removeprefix("search-")): r for r in ledger.records(run.run_dir) if r.get("phase") == "search"
     }
     finished = {n: r for n, r in searched.items() if r.get("state") in ledger.FINAL_STATES}
     enqueue(storage, study.name, reconcile_journal(storage, study.name, finished))
     for number, record in searched.items():
         if number not in finished:
             ledger.remove_trial(run.run_dir, record["trial_id"])
-    concurrent = min(fits, study.search.max_concurrent or fits)
-    reason = run.fits_reason + (f", search.max_concurrent={study.search.max_concurrent}" if concurrent < fits else "")
+    limit = min(fits, study.search.max_concurrent or fits)
+    searcher = make_searcher(study, run.space, storage, "val_metric", "max" if run.higher_is_better else "min")
+    return Sampled(searcher, n_trials, limit)
+
+
+def _confirm_configs(run: Run, progress: StudyProgress) -> list[dict[str, Any]]:
+    """The confirm re-runs, chosen once the search has finished (those not already finished)."""
+    done = ledger.finished(run.run_dir)
+    confirm = [t for t in _confirm_plan(run) if t.trial_id not in done]
+    for spec in confirm:
+        progress.claim(CONFIRM_PENDING, spec.trial_id, _label(spec), _expected(run, spec), spec.iterations)
+    progress.drop(CONFIRM_PENDING)
+    return _with_checkpoints(run, confirm)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return _trial_id(trial.config)
+
+
+def _run_tuner(run: Run, stages: list[Stage], fits: int, progress: StudyProgress) -> None:
+    """One Tune experiment for the whole session: every stage's trials, ``fits`` at a time, reused actors."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from mmlo.orchestrator.search import search_scheduler
+
+    if not stages:
+        return
+    study = run.study
     mode = "max" if run.higher_is_better else "min"
-    searcher = make_searcher(study, run.space, storage, "val_metric", mode)
-    scheduler = None
-    if study.scheduler.type == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=reports_per_trial(search_iterations(study), study.budget.val_interval),
-            grace_period=study.scheduler.grace_period,
-            reduction_factor=study.scheduler.reduction_factor,
-        )
-    pieces = _tuner_pieces(run, "search", concurrent, progress)
+    callback = _tune_callback(run, progress)
+    trainable = tune.with_resources(
+        run_trial, {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial}
+    )
     tuner = tune.Tuner(
-        pieces["trainable"],
-        param_space=_base_config(run),
+        trainable,
+        param_space={"run_dir": str(run.run_dir), "cpus": study.resources.cpus_per_trial},
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
+            search_alg=StudySearcher(stages, "val_metric", mode),
+            scheduler=search_scheduler(study),
             metric="val_metric",
             mode=mode,
-            num_samples=n_trials,
+            num_samples=study.trial_count(),
             reuse_actors=True,
-            max_concurrent_trials=concurrent,
+            max_concurrent_trials=fits,
             trial_name_creator=_trial_dirname,
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=pieces["run_config"],
+        run_config=tune.RunConfig(
+            name=f"study-{run.session}",
+            storage_path=str(run.run_dir / "ray"),
+            verbose=0,
+            callbacks=[callback, JsonLoggerCallback()],
+            failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            log_to_file=True,
+        ),
     )
-    started = time.perf_counter()
-    tuner.fit()
-    provenance.record_phase(run.run_dir, "search", concurrent, reason, n_trials, time.perf_counter() - started)
+    try:
+        tuner.fit()
+    finally:
+        for phase, (first, last, trials) in callback.phases.items():
+            limit = fits
+            reason = run.fits_reason
+            if phase == "search" and study.search is not None and study.search.max_concurrent:
+                limit = min(fits, study.search.max_concurrent)
+                reason += f", search.max_concurrent={study.search.max_concurrent}"
+            provenance.record_phase(run.run_dir, phase, limit, reason, trials, last - first)
 
 
 def best_search_trials(run_dir: Path, study: Study, higher_is_better: bool) -> list[TrialSpec]:

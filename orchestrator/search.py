@@ -20,11 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from mmlo.orchestrator.plan import base_arm, decode_value, search_base, search_iterations, search_seed
+from mmlo.orchestrator.plan import (
+    base_arm,
+    decode_value,
+    reports_per_trial,
+    search_base,
+    search_iterations,
+    search_seed,
+)
 from mmlo.orchestrator.spec import SearchParam, SpecError, Study
 
 if TYPE_CHECKING:
     import optuna
+    from ray.tune.schedulers import TrialScheduler
     from ray.tune.search.optuna import OptunaSearch
 
 #: Config key under which the define-by-run function hands the Optuna trial number to the trainable.
@@ -223,6 +231,44 @@ def make_searcher(
 
     return BudgetAwareOptunaSearch(
         space=space, metric=metric, mode=mode, sampler=tpe_sampler(study), study_name=study.name, storage=storage
+    )
+
+
+def search_scheduler(study: Study) -> TrialScheduler | None:
+    """ASHA on the search trials' validation reports (one rung unit = one validation); every other trial of
+    the study runs its full budget untouched."""
+    if study.scheduler.type != "asha" or study.search is None:
+        return None
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    def searched(trial: Any) -> bool:
+        return trial.config.get(NUMBER_KEY) is not None
+
+    class SearchOnlyASHA(AsyncHyperBandScheduler):
+        """ASHA that sees only search trials."""
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            if searched(trial):
+                super().on_trial_add(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            if searched(trial):
+                return str(super().on_trial_result(tune_controller, trial, result))
+            return TrialScheduler.CONTINUE
+
+        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+            if searched(trial):
+                super().on_trial_complete(tune_controller, trial, result)
+
+        def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+            if searched(trial):
+                super().on_trial_remove(tune_controller, trial)
+
+    return SearchOnlyASHA(
+        time_attr="training_iteration",
+        max_t=reports_per_trial(search_iterations(study), study.budget.val_interval),
+        grace_period=study.scheduler.grace_period,
+        reduction_factor=study.scheduler.reduction_factor,
     )
 
 

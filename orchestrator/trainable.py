@@ -28,7 +28,7 @@ import yaml
 
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator import ledger, sink
-from mmlo.orchestrator.plan import TrialSpec, search_trial
+from mmlo.orchestrator.plan import TrialSpec, measures_transference, search_trial
 from mmlo.orchestrator.search import NUMBER_KEY
 from mmlo.orchestrator.spec import Study, parse_study
 from mmlo.tasks.base import Benchmark
@@ -113,7 +113,7 @@ def base_record(
 def _transference_hook(study: Study, spec: TrialSpec, train: TrainConfig, benchmark: Benchmark) -> Any:
     """The study's transference measurement, for ablation trials of the arms it names."""
     t = study.transference
-    if t is None or spec.phase != "ablation" or (t.arms is not None and spec.arm not in t.arms):
+    if t is None or not measures_transference(study, spec):
         return None
     from mmlo.models.transference import make_transference_hook
 
