@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from mmlo.models.allocator import reuse_large_allocations
 from mmlo.models.base import Learner
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.models.evaluation import evaluate, mean_ci95, metric_name, mode_means
@@ -176,6 +177,7 @@ def fit(
     Raises :class:`TrainingDiverged` on a NaN or infinite meta-loss or meta-gradient.
     """
     started = time.perf_counter()
+    reuse_large_allocations()
     torch_device = torch.device(device or "cpu")
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)

@@ -133,9 +133,11 @@ def run_case(name: str, iterations: int, threads: int = 1) -> dict[str, Any]:
     """Time one case in this process: vectorised first, then the per-task loop on the same batches."""
     import numpy as np
 
+    from mmlo.models.allocator import reuse_large_allocations
     from mmlo.models.learners import build_learner, reference_loop_outputs
     from mmlo.tasks.regression import build
 
+    reuse_large_allocations()
     torch.set_num_threads(threads)
     case = CASES[name]
     bench: Benchmark
