@@ -4,7 +4,7 @@
 terminal: counts per phase and state, then one line per trial (iteration/budget, last validation score,
 failure reason). ``results`` prints the ablation table from ``episodes.parquet``: one row per arm of the
 ablation and confirm phases, one column per mode plus ``all``, each cell the mean over test episodes
-(pooled over seeds) ± ``1.96 s / sqrt(n)``; ``--format csv|json`` gives one record per (arm, mode).
+(each episode averaged over seeds first, as the report does) ± ``1.96 s / sqrt(n)``; ``--format csv|json`` gives one record per (arm, mode).
 """
 
 from __future__ import annotations
@@ -78,31 +78,21 @@ def status_text(run_dir: Path, spec: dict[str, Any]) -> str:
 
 
 def ablation_table(episodes: pl.DataFrame, arms: list[str], modes: list[str]) -> pl.DataFrame:
-    """One row per (arm, mode) and (arm, 'all'): mean, 95 % half-width over episodes, episode and seed counts."""
+    """One row per (arm, mode) and (arm, 'all'): mean, 95 % half-width over episodes, episode and seed counts.
+
+    The numbers are the report's (mmlo.reports.tables): each episode is first averaged over the arm's
+    seeds, then ``1.96 s / sqrt(n)`` runs over the n shared episodes, so the terminal and the HTML agree.
+    """
+    from mmlo.reports.tables import ablation_table as report_table
+
     rows = episodes.filter(pl.col("phase").is_in(TABLE_PHASES) & (pl.col("split") == "test"))
-    stats = [
-        pl.col("value_after").mean().alias("mean"),
-        (1.96 * pl.col("value_after").std(ddof=1) / pl.col("value_after").count().sqrt()).alias("ci95"),
-        pl.len().alias("n_episodes"),
-        pl.col("seed").n_unique().alias("n_seeds"),
-        pl.col("metric").first().alias("metric"),
-    ]
-    per_mode = rows.group_by("arm", "mode").agg(stats)
-    overall = rows.group_by("arm").agg(stats).with_columns(pl.lit("all").alias("mode"))
-    table = pl.concat([per_mode, overall.select(per_mode.columns)], how="vertical")
-    present = table["arm"].unique(maintain_order=True).to_list()
-    arm_order = {a: i for i, a in enumerate([a for a in arms if a in present] + sorted(set(present) - set(arms)))}
-    mode_order = {m: i for i, m in enumerate([*modes, "all"])}
-    return (
-        table.with_columns(
-            pl.col("arm").replace_strict(arm_order, default=len(arm_order)).alias("_arm"),
-            pl.col("mode").replace_strict(mode_order, default=len(mode_order)).alias("_mode"),
-            pl.col("n_episodes").cast(pl.Int64),
-            pl.col("n_seeds").cast(pl.Int64),
-        )
-        .sort("_arm", "_mode", "mode")
-        .select(RESULT_FIELDS)
-    )
+    if rows.height == 0:
+        return pl.DataFrame(schema={f: pl.Utf8 for f in RESULT_FIELDS})
+    present = rows["arm"].unique(maintain_order=True).to_list()
+    order = [a for a in arms if a in present] + sorted(set(present) - set(arms))
+    metric = str(rows["metric"][0])
+    table = report_table(rows, arms=order, modes=modes, baseline=None, higher_is_better=metric == "accuracy")
+    return table.with_columns(pl.lit(metric).alias("metric")).select(RESULT_FIELDS)
 
 
 def _load_table(run_dir: Path, spec: dict[str, Any]) -> pl.DataFrame:
@@ -155,7 +145,7 @@ def format_table(table: pl.DataFrame) -> str:
     header = ["arm", *modes, "seeds", "episodes"]
     body = [[a, *[cells.get((a, m), "-") for m in modes], str(seeds.get(a, "")), str(episodes.get(a, ""))] for a in arms]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    title = f"test {metric}{' (%)' if percent else ''}: mean ± 95 % CI over episodes (1.96 s/√n), seeds pooled"
+    title = f"test {metric}{' (%)' if percent else ''}: mean ± 95 % CI over episodes (1.96 s/√n, episodes averaged over seeds)"
     lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     for row in body:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
