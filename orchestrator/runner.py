@@ -48,7 +48,7 @@ from mmlo.orchestrator.progress import StudyProgress, duration
 from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
 from mmlo.orchestrator.spec import Study, dump_study
 from mmlo.orchestrator.summary import local_concurrency
-from mmlo.orchestrator.trainable import SPEC_FILE, run_trial
+from mmlo.orchestrator.trainable import SPEC_FILE, run_trial, trial_from_config
 
 #: What Ray and Tune read from the environment: the legacy (quiet) reporter, our own Ctrl-C handling.
 RAY_ENVIRONMENT = {
@@ -169,13 +169,12 @@ def run_study(
 def _sampler_record(study: Study) -> dict[str, Any] | None:
     if study.search is None:
         return None
-    from mmlo.orchestrator.search import tpe_sampler
+    from mmlo.orchestrator.search import startup_trials
 
-    sampler = tpe_sampler(study)
     return {
         "sampler": "TPESampler",
         "seed": study.search.sampler_seed,
-        "n_startup_trials": sampler._n_startup_trials,
+        "n_startup_trials": startup_trials(study),
         "constant_liar": True,
         "training_seed": study.search.seed if study.search.seed is not None else study.seeds[0],
     }
@@ -216,8 +215,10 @@ def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
         elif a != b:
             out.append(f"{path}: {json.dumps(a)} -> {json.dumps(b)}")
 
-    strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_KEYS}  # noqa: E731
-    walk(strip(recorded), strip(current), "")
+    def results_defining(spec: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in spec.items() if k not in RESUMABLE_KEYS}
+
+    walk(results_defining(recorded), results_defining(current), "")
     return out
 
 
@@ -584,8 +585,6 @@ def finalize_record(
     if record is not None and record.get("state") in ledger.FINAL_STATES:
         return record
     if record is None:
-        from mmlo.orchestrator.trainable import trial_from_config
-
         spec = trial_from_config(run.study, config)
         record = {
             "study": run.study.name,

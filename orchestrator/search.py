@@ -191,15 +191,21 @@ def journal_storage(path: Path) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
+def startup_trials(study: Study) -> int:
+    """TPE's random start-up trials: half the budget, at most Optuna's default ten (with fewer, TPE keeps
+    re-sampling the first categories it saw)."""
+    assert study.search is not None
+    return max(1, min(10, study.search.trials // 2))
+
+
 def tpe_sampler(study: Study) -> optuna.samplers.TPESampler:
-    """Seeded TPE; random start-up trials are half the budget (at most Optuna's default ten: with fewer,
-    TPE keeps re-sampling the first categories it saw), and ``constant_liar`` keeps concurrent trials from
-    being handed the same point."""
+    """Seeded TPE; ``constant_liar`` keeps concurrent trials from being handed the same point."""
     import optuna
 
     assert study.search is not None
-    startup = max(1, min(10, study.search.trials // 2))
-    return optuna.samplers.TPESampler(seed=study.search.sampler_seed, n_startup_trials=startup, constant_liar=True)
+    return optuna.samplers.TPESampler(
+        seed=study.search.sampler_seed, n_startup_trials=startup_trials(study), constant_liar=True
+    )
 
 
 def make_searcher(

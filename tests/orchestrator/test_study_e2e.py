@@ -8,6 +8,7 @@ purpose. The determinism check compares the first two runs' ablation phases.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,7 +167,9 @@ def test_kill_9_then_resume_keeps_finished_trials_and_completes(killed_and_resum
     assert trials.filter(pl.col("phase") == "search").height == smoke.search.trials
     episodes_table = table(run_dir, "episodes.parquet")
     assert not episodes_table.select("trial_id", "mode", "episode").is_duplicated().any()
-    assert f"{len(before)} already finished" in resumed.stdout
+    # workers can still finish a trial in the moment between the driver's death and theirs
+    kept = re.search(r"(\d+) already finished", resumed.stdout)
+    assert kept is not None and int(kept.group(1)) >= len(before)
 
 
 def test_ablation_phase_is_deterministic(straight: Any, killed_and_resumed: Any) -> None:
