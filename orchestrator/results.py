@@ -51,6 +51,11 @@ def status_text(run_dir: Path, spec: dict[str, Any]) -> str:
     lines = [f"study {spec.get('name', run_dir.name)}  ({run_dir})", f"  state      {state}"]
     if sessions:
         lines.append(f"  started    {record.get('started')}  ({len(sessions)} session(s))")
+    # A record still 'running' after its session ended (Ctrl-C, a crash) waits for `--resume`.
+    live = not sessions or sessions[-1].get("outcome") == "running"
+    for r in records:
+        if r.get("state") == "running" and not live:
+            r["state"] = "interrupted"
     counts: dict[str, dict[str, int]] = {}
     for r in records:
         counts.setdefault(r.get("phase", "?"), {}).setdefault(r.get("state", "?"), 0)
@@ -67,7 +72,7 @@ def status_text(run_dir: Path, spec: dict[str, Any]) -> str:
             val = progress[-1].get("val_metric")
         shown_val = f"val {val:.4f}" if isinstance(val, (int, float)) and math.isfinite(val) else ""
         age = ""
-        if r.get("state") == "running" and r.get("updated"):
+        if r.get("state") in ("running", "interrupted") and r.get("updated"):
             age = f"(updated {duration(time.time() - float(r['updated']))} ago)"
         reason = f"  {r['failure_reason']}" if r.get("failure_reason") else ""
         lines.append(

@@ -111,3 +111,16 @@ def test_status_while_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "1 failed, 1 running" in out
     assert "4/10" in out and "val 0.5500" in out and "out of memory: CUDA" in out
+
+
+def test_status_after_an_interrupted_session(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # once the last session ended without finishing, a record left 'running' is shown as interrupted
+    run = write_run(tmp_path)
+    (run / "provenance.json").write_text(json.dumps({"sessions": [{"outcome": "interrupted"}], "finished": None}))
+    ledger.write_record(
+        run, {"study": "s", "arm": "A", "seed": 0, "budget_iterations": 10, "trial_id": "ablation-00-s0",
+              "phase": "ablation", "state": "running"}
+    )
+    show_status(run)
+    out = capsys.readouterr().out
+    assert "state      interrupted" in out and "1 interrupted" in out and " running" not in out
