@@ -1,4 +1,4 @@
-"""The Parquet tables of a run directory, with exactly the columns of the contract (orchestrator/PARQUET.md).
+"""The Parquet tables of a run directory, with exactly the columns of the contract (documented in README.md).
 
 Tables are rebuilt from the ledger (:mod:`mmlo.orchestrator.ledger`) whenever a trial finishes and at the
 end of a study, each written atomically (temporary file + ``os.replace``): a reader, or a crash, never sees
