@@ -150,7 +150,6 @@ def run_study(
     try:
         code = _run(run, dashboard)
         outcome = "completed"
-        return code
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
@@ -164,6 +163,10 @@ def run_study(
                 f"resume with:\n  {run.resume_command()}",
                 flush=True,
             )
+    # The report is written after the session is closed, so its header has the finished time and wall time.
+    _write_report(run_dir)
+    print(f"results: mmlo results {run_dir}", flush=True)
+    return code
 
 
 def _sampler_record(study: Study) -> dict[str, Any] | None:
@@ -259,8 +262,6 @@ def _run(run: Run, dashboard: bool) -> int:
     failed = sorted(t for t, r in final.items() if r["state"] == "failed")
     if failed:
         print(f"{len(failed)} trial(s) failed (reasons in trials.parquet, `mmlo status {run_dir}`): {', '.join(failed)}")
-    _write_report(run_dir)
-    print(f"results: mmlo results {run_dir}", flush=True)
     return 0
 
 
