@@ -7,6 +7,7 @@ import gzip
 import json
 import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,6 @@ from mmlo.tasks.glyphs import letter
 from mmlo.tasks.sources import ASSETS
 
 MODES = offline4.MODES
-
-
-def needs_sources(*modes: str) -> None:
-    """Skip (naming the install command) where this machine lacks a mode's fonts or packages."""
-    missing = [s.describe() for m in modes for s in offline4.mode_sources(m) if not s.present]
-    if missing:
-        pytest.skip("; ".join(missing))
 
 
 def tiny(tmp_path: Path, **update: object) -> BenchmarkConfig:
@@ -119,7 +113,7 @@ def test_no_duplicate_letters_across_glyph_splits() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_tiny_configuration_renders_fast(mode: str) -> None:
+def test_tiny_configuration_renders_fast(mode: str, needs_sources: Callable[..., None]) -> None:
     # About 10 classes x 4 samples render in about a second (generous: the CPU is shared in CI).
     needs_sources(mode)
     index = offline4.load_index()[mode]
@@ -133,7 +127,7 @@ def test_tiny_configuration_renders_fast(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_same_seed_same_pixels(mode: str) -> None:
+def test_same_seed_same_pixels(mode: str, needs_sources: Callable[..., None]) -> None:
     # A sample depends only on (mode, class, index): rendering a class alone or after others gives the
     # same pixels, and two samples of one class differ.
     needs_sources(mode)
@@ -160,7 +154,7 @@ def test_worker_pool_gives_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> N
     assert seen == [(0, 8), (4, 8), (8, 8)]
 
 
-def test_build_gives_episodes_and_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_gives_episodes_and_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, needs_sources: Callable[..., None]) -> None:
     # build() honours modes, image size and max_classes; a second build reads the cache without rendering,
     # and a larger cached bank serves a smaller max_classes as its prefix.
     needs_sources("textures", "glyphs")
@@ -190,7 +184,7 @@ def test_build_gives_episodes_and_reuses_the_cache(tmp_path: Path, monkeypatch: 
     np.testing.assert_array_equal(smaller.images, full.images[:24])
 
 
-def test_prepare_renders_every_split(tmp_path: Path) -> None:
+def test_prepare_renders_every_split(tmp_path: Path, needs_sources: Callable[..., None]) -> None:
     # prepare() writes one bank per mode and split, reporting progress up to the image count.
     needs_sources("icons")
     calls: list[tuple[str, int, int]] = []
@@ -246,7 +240,7 @@ def nearest_centroid_accuracy(images: np.ndarray, per_class: int, ways: int, sho
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_nearest_centroid_beats_chance(mode: str) -> None:
+def test_nearest_centroid_beats_chance(mode: str, needs_sources: Callable[..., None]) -> None:
     # Each mode is learnable from raw pixels: 5-way 5-shot nearest centroid on 30 test classes clears
     # chance (0.20) by a wide margin (measured: glyphs 0.79, emoji 0.71, icons 0.51, textures 0.44).
     needs_sources(mode)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,11 @@ from mmlo.tasks.config import BenchmarkConfig
 
 
 @pytest.mark.slow
-def test_short_protonet_beats_chance_on_every_mode(tmp_path: Path) -> None:
+def test_short_protonet_beats_chance_on_every_mode(tmp_path: Path, needs_sources: Callable[..., None]) -> None:
     # 5-way 1-shot ProtoNet (conv-4, 16 channels) after 200 meta-batches of 8: every mode's mean test
     # accuracy over 40 fixed episodes exceeds chance (0.20) by a wide margin (measured: glyphs 0.81, emoji
     # 0.66, icons 0.61, textures 0.73; ~75 s on a busy 2-core machine).
-    missing = [s.describe() for m in offline4.MODES for s in offline4.mode_sources(m) if not s.present]
-    if missing:
-        pytest.skip("; ".join(missing))
+    needs_sources(*offline4.MODES)
     cfg = BenchmarkConfig(name="offline4", max_classes=40, samples_per_class=8, ways=5, shots=1, query=5)
     bench = offline4.build(cfg.model_copy(update={"cache_dir": tmp_path}))
     result = fit(
