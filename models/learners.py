@@ -112,7 +112,17 @@ class MAML(MetaLearner):
     support point), so after k steps ``W̃_k = W̃_0 - α Σ_j δ_jᵀ h̃_j`` and ``W̃_k x̃ = W̃_0 x̃ - α Σ_j (x̃·h̃_j) δ_j``.
     The network reads the shared ``W̃_0`` plus these low-rank terms instead of a ``[T, out, in]`` copy per
     task: the same numbers at a fraction of the memory traffic (the regression MLP's whole inner loop).
+
+    When every layer is factored (the regression MLP without kernel modulation, scalar α, outside any
+    caller's torch.func transform), the inner gradients are not taken with autograd at all: δ comes from
+    the MLP's written-out backward pass (:meth:`MLP.backpropagate`), made of ordinary differentiable
+    operations, so the meta-gradient is still exactly second order but autograd differentiates the graph
+    once instead of building a differentiable backward graph per step (``written_out_inner_loop``).
     """
+
+    #: Take the regression MLP's inner gradients from its written-out backward pass where it applies
+    #: (False forces the autograd path everywhere; tests compare the two).
+    written_out_inner_loop: bool = True
 
     def __init__(
         self,
@@ -175,6 +185,8 @@ class MAML(MetaLearner):
         cfg = self.config
         tasks, n_support = batch.num_tasks, batch.support_x.shape[1]
         factored = {} if isinstance(steps, dict) else self.backbone.low_rank_layers(taus)
+        if not isinstance(steps, dict) and self._written_out(theta, factored):
+            return self._adapt_written_out(theta, steps, taus, batch, route, training=training)
         base = {f"{p}.{part}": theta[f"{p}.{part}"] for p in factored for part in ("weight", "bias")}
         dense = {k: v if route is not None else v.expand(tasks, *v.shape) for k, v in theta.items() if k not in base}
         factors: Params = {}
@@ -199,8 +211,8 @@ class MAML(MetaLearner):
                 grads = {k: g.detach() for k, g in grads.items()}
                 deltas = {k: g.detach() for k, g in deltas.items()}
                 inputs = {k: h.detach() for k, h in inputs.items()}
-            if cfg.inner_grad_clip is not None:
-                scale = _clip_factor(grads, deltas, inputs, cfg.inner_grad_clip)
+            scale = None if cfg.inner_grad_clip is None else _clip_factor(grads, deltas, inputs, cfg.inner_grad_clip)
+            if scale is not None:
                 grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
                 deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
             dense = {k: v - (steps[k] if isinstance(steps, dict) else steps) * grads[k] for k, v in dense.items()}
@@ -211,6 +223,64 @@ class MAML(MetaLearner):
                     right = torch.cat([factors[f"{p}.right"], right], dim=1)
                 factors[f"{p}.left"], factors[f"{p}.right"] = left, right
         return {**base, **factors, **dense}
+
+    def _written_out(self, theta: Params, factored: dict[str, int]) -> bool:
+        """Whether the inner loop can use the backbone's written-out backward pass (see the class docstring)."""
+        if not (self.written_out_inner_loop and isinstance(self.backbone, MLP)):
+            return False
+        every_layer = {f"layers.{i}" for i in range(len(self.backbone.layers))} | {"head"}
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+        return set(factored) == every_layer and not any(wrapped(t) for t in theta.values())
+
+    def _adapt_written_out(
+        self,
+        theta: Params,
+        step: float,
+        taus: Taus,
+        batch: TaskBatch,
+        route: torch.Tensor | None,
+        *,
+        training: bool,
+    ) -> Params:
+        """``_adapt`` for a fully factored MLP, with δ from :meth:`MLP.backpropagate` instead of autograd.
+
+        The MSE's gradient ``∂L/∂out = 2 (out - y) / (B·out)`` starts the backward pass; every layer's
+        update is the pair (``-α δ``, input), appended to its ``.left``/``.right`` factors.
+        """
+        cfg = self.config
+        mlp = self.backbone
+        assert isinstance(mlp, MLP)
+        keep = torch.is_grad_enabled() and not cfg.first_order
+        tasks = batch.num_tasks
+        layers = {f"layers.{i}" for i in range(len(mlp.layers))} | {"head"}
+        dense = {
+            k: v if route is not None else v.expand(tasks, *v.shape)
+            for k, v in theta.items()
+            if k.rsplit(".", 1)[0] not in layers
+        }
+        factors: Params = {}
+        for _ in range(cfg.inner_steps):
+            inputs: Params = {}
+            current = {**theta, **factors, **dense}
+            out = mlp.run(current, batch.support_x, taus, route=route, training=training, capture=inputs)
+            delta = (out - batch.support_y) * (2.0 / (out.shape[1] * out.shape[2]))
+            deltas, grads = mlp.backpropagate(current, inputs, delta, taus)
+            if not keep:
+                grads = {k: g.detach() for k, g in grads.items()}
+                deltas = {k: d.detach() for k, d in deltas.items()}
+                inputs = {k: h.detach() for k, h in inputs.items()}
+            scale = None if cfg.inner_grad_clip is None else _clip_factor(grads, deltas, inputs, cfg.inner_grad_clip)
+            if scale is not None:
+                grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
+                deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
+            dense = {k: v - step * grads[k] for k, v in dense.items()}
+            for p, d in deltas.items():
+                left, right = -step * d, inputs[p]
+                if f"{p}.left" in factors:
+                    left = torch.cat([factors[f"{p}.left"], left], dim=1)
+                    right = torch.cat([factors[f"{p}.right"], right], dim=1)
+                factors[f"{p}.left"], factors[f"{p}.right"] = left, right
+        return {**theta, **factors, **dense}
 
 
 def _inner_gradients(
@@ -245,19 +315,24 @@ def _inner_gradients(
     )
 
 
-def _clip_factor(grads: Params, deltas: Params, inputs: Params, max_norm: float) -> torch.Tensor:
+def _clip_factor(grads: Params, deltas: Params, inputs: Params, max_norm: float) -> torch.Tensor | None:
     """Per-task factor that rescales the whole inner gradient to a global norm of at most max_norm.
 
     A factored layer's gradient ``δᵀ [h, 1]`` (weight and bias) has squared norm ``Σ (δ δᵀ) ⊙ (h hᵀ + 1)``,
-    computed without forming the ``[out, in]`` product.
+    computed without forming the ``[out, in]`` product. Returns None when no task's gradient reaches
+    ``max_norm``: the factor is then 1 for every task and, being clamped, has zero derivative, so leaving
+    it out changes neither the step nor the meta-gradient, and the norm's graph is never differentiated.
+    (Under a caller's torch.func transform, where values cannot be inspected, the factor is always applied.)
     """
     squares = [g.pow(2).flatten(1).sum(1) for g in grads.values()]
     for p, delta in deltas.items():
         inner = torch.baddbmm(delta.new_ones(()), inputs[p], inputs[p].transpose(1, 2))
         gram = torch.bmm(delta, delta.transpose(1, 2)) * inner
         squares.append(gram.flatten(1).sum(1))
-    norm = torch.stack(squares).sum(0).sqrt()
-    return (max_norm / (norm + 1e-12)).clamp(max=1.0)
+    factor = max_norm / (torch.stack(squares).sum(0).sqrt() + 1e-12)
+    if not torch._C._functorch.is_functorch_wrapped_tensor(factor) and bool((factor > 1.0).all()):
+        return None
+    return factor.clamp(max=1.0)
 
 
 class ProtoNet(MetaLearner):

@@ -317,6 +317,37 @@ class MLP(Backbone):
         }
         return {**layers, "head": self.out_features}
 
+    def backpropagate(
+        self,
+        params: Params,
+        inputs: Params,
+        delta: torch.Tensor,
+        taus: Sequence[LayerModulation | None] | None = None,
+    ) -> tuple[Params, Params]:
+        """The backward pass written out: ``δ = ∂L/∂z`` of every layer, and the bias transformation's gradient.
+
+        ``inputs`` is what ``run(..., capture=inputs)`` recorded (every layer's input, so the next layer's
+        input is this layer's ReLU output); ``delta`` is ``∂L/∂out`` ``[T, B, out]``. Every layer must be
+        in factored form (``low_rank_layers`` lists them all: no kernel modulation). Returns
+        ``({prefix: δ}, {"bias_transformation": gradient})``: with ``W̃ = [W | b]`` a layer's gradient is
+        ``δᵀ [input, 1]``, which MAML keeps factored. Built from differentiable operations only (ReLU's
+        derivative is its own backward kernel), so a meta-gradient through it is MAML's exact second-order one.
+        """
+        deltas = {"head": delta}
+        gradient = _factored_linear_input_gradient(params, "head", delta)
+        for i in reversed(range(len(self.layers))):
+            prefix = f"layers.{i}"
+            after = inputs[f"layers.{i + 1}"] if i + 1 < len(self.layers) else inputs["head"]
+            delta = torch.ops.aten.threshold_backward(gradient, after, 0.0)
+            tau = taus[i] if taus is not None else None
+            if tau is not None and tau.scale is not None:
+                delta = delta * tau.scale.unsqueeze(1)
+            deltas[prefix] = delta
+            if i > 0 or self.bias_size:
+                gradient = _factored_linear_input_gradient(params, prefix, delta)
+        dense = {"bias_transformation": gradient[..., -self.bias_size :].sum(1)} if self.bias_size else {}
+        return deltas, dense
+
 
 def _factored_linear(
     params: Params, prefix: str, h: torch.Tensor, tau: LayerModulation | None, capture: Params | None
@@ -332,9 +363,19 @@ def _factored_linear(
     probe = params.get(f"{prefix}.probe")
     if probe is not None:
         z = z + probe
-        if capture is not None:
-            capture[prefix] = h
+    if capture is not None:
+        capture[prefix] = h
     return z
+
+
+def _factored_linear_input_gradient(params: Params, prefix: str, delta: torch.Tensor) -> torch.Tensor:
+    """``δ W_t`` (the gradient at a factored layer's input) for ``W_t = W + leftᵀ right`` without forming ``W_t``."""
+    weight = params[f"{prefix}.weight"]
+    gradient = torch.matmul(delta, weight)  # shared [out, in] or per task [T, out, in]
+    left = params.get(f"{prefix}.left")
+    if left is not None:
+        gradient = torch.baddbmm(gradient, torch.bmm(delta, left.transpose(1, 2)), params[f"{prefix}.right"])
+    return gradient
 
 
 def conv_output_size(size: int, blocks: int, downsample: str) -> int:

@@ -192,6 +192,68 @@ def test_inner_gradient_clipping_rescales_to_the_global_norm(meta_sgd: bool) -> 
     torch.testing.assert_close(unclipped(batch).loss, torch.tensor([1.1881], dtype=torch.float64))
 
 
+WRITTEN_OUT: list[dict[str, object]] = [
+    dict(learner="maml"),
+    dict(learner="maml", hidden=[], bias_transformation=0),
+    dict(learner="maml", bias_transformation=0, first_order=True),
+    dict(learner="multi_maml", inner_grad_clip=0.05),
+    dict(learner="mmaml"),
+    dict(learner="mmaml", encoder="lstm", modulation="sigmoid", inner_grad_clip=0.05),
+    dict(learner="mmaml", modulation="softmax", inner_steps=3),
+]
+
+
+@pytest.mark.parametrize("overrides", WRITTEN_OUT, ids=str)
+def test_written_out_inner_loop_equals_the_autograd_inner_loop(
+    overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The regression MLP's hand-written backward pass gives autograd's inner steps, losses and exact
+    # second-order meta-gradient (float64, to rounding), with clipping active or not, and is the path taken.
+    from mmlo.models.networks import MLP
+
+    calls = []
+    backpropagate = MLP.backpropagate
+    monkeypatch.setattr(MLP, "backpropagate", lambda *a, **k: calls.append(1) or backpropagate(*a, **k))
+    learner, batch = _tiny("regression", **overrides)
+    params = learner.params()
+    written = learner.task_outputs(params, batch)
+    assert len(calls) == learner.config.inner_steps
+    learner.written_out_inner_loop = False  # type: ignore[misc]
+    reference = learner.task_outputs(params, batch)
+    assert len(calls) == learner.config.inner_steps
+    torch.testing.assert_close(written.loss, reference.loss, atol=1e-12, rtol=0)
+    torch.testing.assert_close(written.metric_before, reference.metric_before, atol=1e-12, rtol=0)
+    for g_written, g_reference in zip(
+        _meta_gradient(params, written.loss.sum()), _meta_gradient(params, reference.loss.sum())
+    ):
+        torch.testing.assert_close(g_written, g_reference, atol=1e-12, rtol=0)
+
+
+def test_kernel_modulated_regression_keeps_the_autograd_inner_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # KML multiplies kernels per task (W ⊙ M), which the factored, written-out backward does not cover.
+    from mmlo.models.networks import MLP
+
+    monkeypatch.setattr(MLP, "backpropagate", lambda *a, **k: pytest.fail("written-out path taken"))
+    learner, batch = _tiny("regression", learner="kml", base="maml")
+    assert torch.isfinite(learner(batch).loss).all()
+
+
+def test_an_inactive_clip_is_left_out_without_changing_the_meta_gradient() -> None:
+    # Clip far above every inner gradient: the factor is None (not applied). Under torch.func the factor is
+    # always applied (clamped to 1); both give the same loss and meta-gradient, so leaving it out is exact.
+    from mmlo.models.learners import _clip_factor
+
+    three_four = {"w": torch.tensor([[3.0, 4.0]])}
+    assert _clip_factor(three_four, {}, {}, 5.5) is None
+    torch.testing.assert_close(_clip_factor(three_four, {}, {}, 1.0), torch.tensor([0.2]))
+    learner, batch = _tiny("regression", learner="mmaml", inner_grad_clip=1e6)
+    params = {k: v.detach() for k, v in learner.params().items()}
+    plain = learner.task_outputs({k: v.requires_grad_() for k, v in params.items()}, batch).loss.sum()
+    applied = torch.func.grad(lambda p: learner.task_outputs(p, batch).loss.sum())(params)
+    for (name, g_applied), g_plain in zip(applied.items(), _meta_gradient(params, plain)):
+        torch.testing.assert_close(g_plain, g_applied, atol=1e-12, rtol=0, msg=name)
+
+
 @pytest.mark.parametrize(
     ("kind", "overrides"),
     [
