@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STUDY ?= studies/kml_ablation.yaml
-# Debian packages: fonts for the built-in benchmark's glyphs and emoji, Chromium for the report test.
-SYSTEM_PACKAGES := fonts-noto-core fonts-unifont fonts-freefont-ttf fonts-dejavu-core fonts-noto-color-emoji chromium
+# Debian packages: fonts for the built-in benchmark's glyphs and emoji, Chromium for the report test,
+# jemalloc for image trials (models/allocator.py: large meta-batches reuse memory instead of page-faulting).
+SYSTEM_PACKAGES := fonts-noto-core fonts-unifont fonts-freefont-ttf fonts-dejavu-core fonts-noto-color-emoji chromium libjemalloc2
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
@@ -24,10 +25,10 @@ system:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
-		echo "mmlo: please install these system packages (fonts and Chromium): $$missing"; exit 0; fi; \
+		echo "mmlo: please install these system packages (fonts, Chromium, jemalloc): $$missing"; exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
 		echo "mmlo: missing system packages; run: sudo apt-get update && sudo apt-get install -y $$missing"; \
-		echo "mmlo: (without them the built-in benchmark refuses modes whose fonts are missing and the report test fails)"; exit 0; fi; \
+		echo "mmlo: (without them the built-in benchmark refuses modes whose fonts are missing, the report test fails and image trials use the system malloc)"; exit 0; fi; \
 	echo "mmlo: installing system packages: $$missing"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 

@@ -7,18 +7,22 @@ vectorised time: above 1 means the vectorised call is faster), in wall-clock and
 sampling is not counted. Image cases use random pixels: no dataset is needed.
 
 Each case runs in a fresh spawned process, so that its peak resident memory is its own:
-``peak_rss_mb`` is read after the vectorised timing, ``loop_peak_rss_mb`` after the loop's.
+``peak_rss_mb`` is read after the vectorised timing, ``loop_peak_rss_mb`` after the loop's. Case
+processes get the allocator study trials get (``allocator="auto"``: jemalloc for image cases where it is
+installed, see :mod:`mmlo.models.allocator`), or the one forced; each row names the one it ran on.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +137,7 @@ def run_case(name: str, iterations: int, threads: int = 1) -> dict[str, Any]:
     """Time one case in this process: vectorised first, then the per-task loop on the same batches."""
     import numpy as np
 
-    from mmlo.models.allocator import reuse_large_allocations
+    from mmlo.models.allocator import process_allocator, reuse_large_allocations
     from mmlo.models.learners import build_learner, reference_loop_outputs
     from mmlo.tasks.regression import build
 
@@ -168,16 +172,22 @@ def run_case(name: str, iterations: int, threads: int = 1) -> dict[str, Any]:
         "threads": threads,
         "meta_batch": case.meta_batch,
         "params_total": learner.parameter_counts()["total"],
+        "allocator": process_allocator(),
     }
 
 
-def run_bench(cases: list[str] | None, iterations: int, as_json: bool, threads: int = 1) -> int:
+def run_bench(
+    cases: list[str] | None, iterations: int, as_json: bool, threads: int = 1, allocator: str = "auto"
+) -> int:
     """Run the named cases (default: all of :data:`CASES`), each in a fresh process; print as they finish.
 
     ``as_json`` prints one JSON object per line (keys ``case, seconds_per_iteration,
-    loop_seconds_per_iteration, ratio, peak_rss_mb`` and more), else a table. Returns the exit code:
-    0, or 2 for an unknown case name.
+    loop_seconds_per_iteration, ratio, peak_rss_mb, allocator`` and more), else a table. ``allocator``
+    is ``auto`` (as studies: jemalloc for image cases), ``jemalloc`` or ``system``. Returns the exit
+    code: 0, or 2 for an unknown case name or allocator.
     """
+    from mmlo.models.allocator import choose
+
     names = list(cases) if cases else list(CASES)
     unknown = [n for n in names if n not in CASES]
     if unknown:
@@ -186,15 +196,22 @@ def run_bench(cases: list[str] | None, iterations: int, as_json: bool, threads: 
     if iterations < 1:
         print("error: --iterations must be at least 1", file=sys.stderr)
         return 2
+    if allocator not in ("auto", "jemalloc", "system"):
+        print(f"error: unknown allocator '{allocator}'; choose auto, jemalloc or system", file=sys.stderr)
+        return 2
     if not as_json:
         print(
             f"{'case':<20} {'ms/iter':>9} {'loop ms/iter':>13} {'ratio':>7} {'cpu ms/iter':>12} "
-            f"{'loop cpu ms':>12} {'cpu ratio':>10} {'peak RSS MB':>12}",
+            f"{'loop cpu ms':>12} {'cpu ratio':>10} {'peak RSS MB':>12}  allocator",
             flush=True,
         )
     spawn = multiprocessing.get_context("spawn")
+    notes = set()
     for name in names:
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        environment, description = choose("regression" if CASES[name].image_size is None else "classification", allocator)
+        if not environment and description != "system malloc":
+            notes.add(description)
+        with _environment(environment), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             row = pool.submit(run_case, name, iterations, threads).result()
         if as_json:
             print(json.dumps(row), flush=True)
@@ -203,10 +220,27 @@ def run_bench(cases: list[str] | None, iterations: int, as_json: bool, threads: 
                 f"{name:<20} {row['seconds_per_iteration'] * 1e3:>9.1f} "
                 f"{row['loop_seconds_per_iteration'] * 1e3:>13.1f} {row['ratio']:>6.2f}x "
                 f"{row['cpu_seconds_per_iteration'] * 1e3:>12.1f} {row['loop_cpu_seconds_per_iteration'] * 1e3:>12.1f} "
-                f"{row['cpu_ratio']:>9.2f}x {row['peak_rss_mb']:>12.0f}",
+                f"{row['cpu_ratio']:>9.2f}x {row['peak_rss_mb']:>12.0f}  {row['allocator']}",
                 flush=True,
             )
+    for note in sorted(notes):
+        print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes spawned inside the block (they read them at exec)."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 if __name__ == "__main__":
@@ -217,5 +251,6 @@ if __name__ == "__main__":
     parser.add_argument("--iterations", type=int, default=5, help="timed meta-iterations per case")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--allocator", choices=["auto", "jemalloc", "system"], default="auto")
     ns = parser.parse_args()
-    sys.exit(run_bench(ns.case, ns.iterations, ns.json, ns.threads))
+    sys.exit(run_bench(ns.case, ns.iterations, ns.json, ns.threads, ns.allocator))

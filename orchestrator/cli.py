@@ -231,13 +231,20 @@ def bench(
     case: Annotated[list[str] | None, typer.Option("--case", help="Run only these cases (repeatable).")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed iterations per case (after a warm-up).")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    allocator: Annotated[
+        str,
+        typer.Option(
+            "--allocator",
+            help="auto (as studies: jemalloc for image cases, where libjemalloc2 is installed), jemalloc or system.",
+        ),
+    ] = "auto",
 ) -> None:
     """Speed benchmark: seconds per meta-iteration and peak memory, vectorised vs a per-task loop."""
 
     def body() -> int:
         from mmlo.orchestrator.bench import run_bench
 
-        return run_bench(case or None, iterations, as_json)
+        return run_bench(case or None, iterations, as_json, allocator=allocator)
 
     raise typer.Exit(_guard(body))
 

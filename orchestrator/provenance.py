@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from mmlo.models.allocator import choose as choose_allocator
 from mmlo.orchestrator.ledger import atomic_write_json
 from mmlo.orchestrator.spec import Study
 
@@ -111,6 +112,7 @@ def start_session(
             "benchmark": benchmark,
             "machine": machine(),
             "ray_address": address,
+            "trial_allocator": choose_allocator(benchmark["kind"])[1] if address is None else "the cluster's own",
             "seeds": {
                 "training": list(study.seeds),
                 "eval_seed": study.eval_seed,

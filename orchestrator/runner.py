@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from mmlo.models.allocator import choose as choose_allocator
 from mmlo.orchestrator import ledger, provenance, sink
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.estimate import PHASE_START_S, SESSION_OVERHEAD_S, estimate_trials, makespan
@@ -388,11 +389,15 @@ def _ray(run: Run, dashboard: bool, attach_logs: Callable[[], None]) -> Iterator
         if run.address:
             context = ray.init(address=run.address, **kwargs)
         else:
+            # Image trials start on jemalloc where it is installed (models/allocator.py). Not for --address:
+            # the library's path on other nodes is unknown, and a missing preload only prints errors there.
+            allocator, _ = choose_allocator(run.benchmark.kind)
             context = ray.init(
                 num_cpus=_local_cpus(),
                 include_dashboard=with_dashboard,
                 dashboard_host="127.0.0.1",
                 object_store_memory=256 * 2**20,
+                runtime_env={"env_vars": allocator} if allocator else None,
                 **kwargs,
             )
         attach_logs()

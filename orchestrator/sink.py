@@ -56,6 +56,7 @@ TRIAL_COLUMNS: dict[str, pl.DataType] = {
     "metric_name": pl.String(),
     "val_metric": pl.Float64(),
     "peak_memory_mb": pl.Float64(),
+    "allocator": pl.String(),
 }
 
 EPISODE_COLUMNS: dict[str, pl.DataType] = {

@@ -84,6 +84,7 @@ def base_record(
     spec: TrialSpec, study: Study, learner: LearnerConfig, train: TrainConfig, benchmark: Benchmark
 ) -> dict[str, Any]:
     """The trial's record while it runs: ids, budget and configuration (counts and results come later)."""
+    from mmlo.models.allocator import process_allocator
     from mmlo.models.evaluation import metric_name
     from mmlo.models.learners import build_learner
 
@@ -104,6 +105,7 @@ def base_record(
         "metric_name": metric_name(benchmark.kind),
         "val_metric": None,
         "peak_memory_mb": None,
+        "allocator": process_allocator(),
         **sink.config_columns(learner, train),
         "spec": spec.to_json(),
         "updated": time.time(),

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from mmlo.models.allocator import find_jemalloc
 from mmlo.orchestrator.bench import CASES, RandomImages, run_bench, run_case
 
 
@@ -52,3 +53,15 @@ def test_json_lines_from_a_spawned_case(capsys: pytest.CaptureFixture[str]) -> N
     assert len(lines) == 1
     row = json.loads(lines[0])
     assert {"case", "seconds_per_iteration", "loop_seconds_per_iteration", "ratio", "peak_rss_mb"} <= set(row)
+    assert row["allocator"] == "system"  # regression keeps the system malloc, as its study trials do
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_jemalloc() is None, reason="jemalloc is not installed: sudo apt-get install libjemalloc2")
+def test_image_cases_run_on_jemalloc_unless_told_otherwise(capsys: pytest.CaptureFixture[str]) -> None:
+    # the spawned case process reports the allocator it actually has loaded
+    assert run_bench(["protonet-32"], 1, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["allocator"] == "jemalloc"
+    assert run_bench(["protonet-32"], 1, as_json=True, allocator="system") == 0
+    assert json.loads(capsys.readouterr().out)["allocator"] == "system"
+    assert run_bench(["protonet-32"], 1, as_json=True, allocator="tcmalloc") == 2

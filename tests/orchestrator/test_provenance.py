@@ -39,3 +39,4 @@ def test_sessions_accumulate_across_resumes(tmp_path: Path) -> None:
     assert record["seeds"] == {"training": [3, 4], "eval_seed": 99, "search": None}
     assert record["benchmark"]["fingerprint"] == "abc" and record["concurrency"]["ablation"]["trials_at_once"] == 2
     assert record["packages"]["torch"] and record["machine"]["cpus"] >= 1 and record["driver_peak_memory_mb"] > 0
+    assert record["trial_allocator"] == "system malloc"  # regression trials keep it; image trials get jemalloc

@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 import yaml
 
+from mmlo.models.allocator import find_jemalloc
 from mmlo.orchestrator import ledger, sink
 from mmlo.orchestrator.spec import load_study
 
@@ -114,6 +115,8 @@ def test_smoke_study_exits_0_with_the_documented_tables(straight: Any, smoke: An
     for name in ("spec.yaml", "provenance.json", "optuna.journal", "logs/driver.log"):
         assert (run_dir / name).exists(), name
     assert "resume with" not in result.stdout and "trial(s) at once" in result.stdout
+    # image trials run on jemalloc where it is installed, as each worker process itself reports
+    assert set(table(run_dir, "trials.parquet")["allocator"]) == {"jemalloc" if find_jemalloc() else "system"}
 
 
 def test_smoke_row_counts_match_the_spec(straight: Any, smoke: Any) -> None:
