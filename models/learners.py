@@ -207,22 +207,40 @@ class MAML(MetaLearner):
                 return self._loss_and_metric(out, batch.support_y)[0].sum(), inputs
 
             grads, deltas, inputs = _inner_gradients(support_loss, dense, probes, create_graph=not cfg.first_order)
-            if cfg.first_order or not torch.is_grad_enabled():
-                grads = {k: g.detach() for k, g in grads.items()}
-                deltas = {k: g.detach() for k, g in deltas.items()}
-                inputs = {k: h.detach() for k, h in inputs.items()}
-            scale = None if cfg.inner_grad_clip is None else _clip_factor(grads, deltas, inputs, cfg.inner_grad_clip)
-            if scale is not None:
-                grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
-                deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
-            dense = {k: v - (steps[k] if isinstance(steps, dict) else steps) * grads[k] for k, v in dense.items()}
-            for p in factored:
-                left, right = -steps * deltas[p], inputs[p]  # type: ignore[operator]
-                if f"{p}.left" in factors:
-                    left = torch.cat([factors[f"{p}.left"], left], dim=1)
-                    right = torch.cat([factors[f"{p}.right"], right], dim=1)
-                factors[f"{p}.left"], factors[f"{p}.right"] = left, right
+            dense, factors = self._step(dense, factors, grads, deltas, inputs, steps)
         return {**base, **factors, **dense}
+
+    def _step(
+        self,
+        dense: Params,
+        factors: Params,
+        grads: Params,
+        deltas: Params,
+        inputs: Params,
+        steps: dict[str, torch.Tensor] | float,
+    ) -> tuple[Params, Params]:
+        """One inner SGD step from the support gradients of every task (``grads`` of per-task tensors,
+        ``deltas`` and ``inputs`` of factored layers): first order or evaluation keeps them constant, the
+        clip rescales each task's whole gradient, per-task tensors move by ``-α g`` and every factored layer
+        appends its ``(-α δ, input)`` rows to its ``.left``/``.right`` factors."""
+        cfg = self.config
+        if cfg.first_order or not torch.is_grad_enabled():
+            grads = {k: g.detach() for k, g in grads.items()}
+            deltas = {k: d.detach() for k, d in deltas.items()}
+            inputs = {k: h.detach() for k, h in inputs.items()}
+        scale = None if cfg.inner_grad_clip is None else _clip_factor(grads, deltas, inputs, cfg.inner_grad_clip)
+        if scale is not None:
+            grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
+            deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
+        dense = {k: v - (steps[k] if isinstance(steps, dict) else steps) * grads[k] for k, v in dense.items()}
+        factors = dict(factors)
+        for p, delta in deltas.items():
+            left, right = -steps * delta, inputs[p]  # type: ignore[operator]  # factored layers only with a scalar α
+            if f"{p}.left" in factors:
+                left = torch.cat([factors[f"{p}.left"], left], dim=1)
+                right = torch.cat([factors[f"{p}.right"], right], dim=1)
+            factors[f"{p}.left"], factors[f"{p}.right"] = left, right
+        return dense, factors
 
     def _written_out(self, theta: Params, factored: dict[str, int]) -> bool:
         """Whether the inner loop can use the backbone's written-out backward pass (see the class docstring)."""
@@ -250,7 +268,6 @@ class MAML(MetaLearner):
         cfg = self.config
         mlp = self.backbone
         assert isinstance(mlp, MLP)
-        keep = torch.is_grad_enabled() and not cfg.first_order
         tasks = batch.num_tasks
         layers = {f"layers.{i}" for i in range(len(mlp.layers))} | {"head"}
         dense = {
@@ -265,21 +282,7 @@ class MAML(MetaLearner):
             out = mlp.run(current, batch.support_x, taus, route=route, training=training, capture=inputs)
             delta = (out - batch.support_y) * (2.0 / (out.shape[1] * out.shape[2]))
             deltas, grads = mlp.backpropagate(current, inputs, delta, taus)
-            if not keep:
-                grads = {k: g.detach() for k, g in grads.items()}
-                deltas = {k: d.detach() for k, d in deltas.items()}
-                inputs = {k: h.detach() for k, h in inputs.items()}
-            scale = None if cfg.inner_grad_clip is None else _clip_factor(grads, deltas, inputs, cfg.inner_grad_clip)
-            if scale is not None:
-                grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
-                deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
-            dense = {k: v - step * grads[k] for k, v in dense.items()}
-            for p, d in deltas.items():
-                left, right = -step * d, inputs[p]
-                if f"{p}.left" in factors:
-                    left = torch.cat([factors[f"{p}.left"], left], dim=1)
-                    right = torch.cat([factors[f"{p}.right"], right], dim=1)
-                factors[f"{p}.left"], factors[f"{p}.right"] = left, right
+            dense, factors = self._step(dense, factors, grads, deltas, inputs, step)
         return {**theta, **factors, **dense}
 
 
