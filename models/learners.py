@@ -244,7 +244,8 @@ class MAML(MetaLearner):
 
     def _written_out(self, theta: Params, factored: dict[str, int]) -> bool:
         """Whether the inner loop can use the backbone's written-out backward pass (see the class docstring)."""
-        if not (self.written_out_inner_loop and isinstance(self.backbone, MLP)):
+        # The written-out pass starts from the MSE's gradient: regression only.
+        if not (self.written_out_inner_loop and isinstance(self.backbone, MLP) and self.kind == "regression"):
             return False
         every_layer = {f"layers.{i}" for i in range(len(self.backbone.layers))} | {"head"}
         wrapped = torch._C._functorch.is_functorch_wrapped_tensor
