@@ -168,6 +168,14 @@ def status(run_dir: RunDir) -> None:
     _guard(body)
 
 
+class AllocatorPolicy(str, Enum):
+    """Which malloc ``mmlo bench`` runs its case processes on (``mmlo.models.allocator.choose``)."""
+
+    auto = "auto"
+    jemalloc = "jemalloc"
+    system = "system"
+
+
 class ResultFormat(str, Enum):
     table = "table"
     csv = "csv"
@@ -232,19 +240,19 @@ def bench(
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed iterations per case (after a warm-up).")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     allocator: Annotated[
-        str,
+        AllocatorPolicy,
         typer.Option(
             "--allocator",
-            help="auto (as studies: jemalloc for image cases, where libjemalloc2 is installed), jemalloc or system.",
+            help="auto: as studies (jemalloc for image cases, where libjemalloc2 is installed); or force one.",
         ),
-    ] = "auto",
+    ] = AllocatorPolicy.auto,
 ) -> None:
     """Speed benchmark: seconds per meta-iteration and peak memory, vectorised vs a per-task loop."""
 
     def body() -> int:
         from mmlo.orchestrator.bench import run_bench
 
-        return run_bench(case or None, iterations, as_json, allocator=allocator)
+        return run_bench(case or None, iterations, as_json, allocator=allocator.value)
 
     raise typer.Exit(_guard(body))
 
