@@ -125,5 +125,8 @@ def choose(kind: str, policy: str = "auto") -> tuple[dict[str, str], str]:
     if environment:
         return environment, f"jemalloc ({environment['LD_PRELOAD'].split(':')[0]}, MALLOC_CONF={environment['MALLOC_CONF']})"
     if wanted:
-        return {}, f"system malloc ({JEMALLOC_PACKAGE} is not installed: large meta-batches pay page faults)"
+        return {}, (
+            f"system malloc ({JEMALLOC_PACKAGE} is not installed, so large meta-batches pay page faults: "
+            f"sudo apt-get install {JEMALLOC_PACKAGE}, or make setup)"
+        )
     return {}, "system malloc"

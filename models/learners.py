@@ -185,10 +185,10 @@ class MAML(MetaLearner):
         cfg = self.config
         tasks, n_support = batch.num_tasks, batch.support_x.shape[1]
         factored = {} if isinstance(steps, dict) else self.backbone.low_rank_layers(taus)
-        if not isinstance(steps, dict) and self._written_out(theta, factored):
-            return self._adapt_written_out(theta, steps, taus, batch, route, training=training)
         base = {f"{p}.{part}": theta[f"{p}.{part}"] for p in factored for part in ("weight", "bias")}
         dense = {k: v if route is not None else v.expand(tasks, *v.shape) for k, v in theta.items() if k not in base}
+        if not isinstance(steps, dict) and self._written_out(theta, factored):
+            return self._adapt_written_out(base, dense, steps, taus, batch, route, training=training)
         factors: Params = {}
         for _ in range(cfg.inner_steps):
             probes = {p: batch.support_x.new_zeros(tasks, n_support, width) for p, width in factored.items()}
@@ -253,7 +253,8 @@ class MAML(MetaLearner):
 
     def _adapt_written_out(
         self,
-        theta: Params,
+        base: Params,
+        dense: Params,
         step: float,
         taus: Taus,
         batch: TaskBatch,
@@ -263,28 +264,22 @@ class MAML(MetaLearner):
     ) -> Params:
         """``_adapt`` for a fully factored MLP, with δ from :meth:`MLP.backpropagate` instead of autograd.
 
+        ``base`` holds every layer's weight and bias as θ has them, ``dense`` the per-task rest.
+
         The MSE's gradient ``∂L/∂out = 2 (out - y) / (B·out)`` starts the backward pass; every layer's
         update is the pair (``-α δ``, input), appended to its ``.left``/``.right`` factors.
         """
-        cfg = self.config
         mlp = self.backbone
         assert isinstance(mlp, MLP)
-        tasks = batch.num_tasks
-        layers = {f"layers.{i}" for i in range(len(mlp.layers))} | {"head"}
-        dense = {
-            k: v if route is not None else v.expand(tasks, *v.shape)
-            for k, v in theta.items()
-            if k.rsplit(".", 1)[0] not in layers
-        }
         factors: Params = {}
-        for _ in range(cfg.inner_steps):
+        for _ in range(self.config.inner_steps):
             inputs: Params = {}
-            current = {**theta, **factors, **dense}
+            current = {**base, **factors, **dense}
             out = mlp.run(current, batch.support_x, taus, route=route, training=training, capture=inputs)
             delta = (out - batch.support_y) * (2.0 / (out.shape[1] * out.shape[2]))
             deltas, grads = mlp.backpropagate(current, inputs, delta, taus)
             dense, factors = self._step(dense, factors, grads, deltas, inputs, step)
-        return {**theta, **factors, **dense}
+        return {**base, **factors, **dense}
 
 
 def _inner_gradients(
