@@ -8,14 +8,18 @@ At parameters θ, for a source task T_i and a target task T_j::
 L is the learner's post-adaptation query loss, ``learner.task_outputs(params, batch).loss``: prototypes from
 the support set for the ProtoNet family, the loss after the inner loop for the MAML family, each task with
 its own modulation for modulated learners. So the measure works for every :class:`Learner` unchanged.
-LR < 1 is positive transfer, LR > 1 negative; LR_{i→i} is self-transference.
+LR < 1 is positive transfer, LR > 1 negative, and near 1 neutral: :func:`transfer_class` is the one rule,
+shared with the report (it lives in ``mmlo.reports.tables``, which must not load torch). LR_{i→i} is
+self-transference.
 
 :func:`measure_transference` has no Python loop over sources: the per-source meta-gradients are one
 ``vmap(grad(...))`` over the source axis (per mode, so that learners which route by the mode label see a
 plain tensor), and the target losses of all look-ahead parameters are one ``vmap`` over the stacked
 parameters. :func:`reference_loop_transference` computes the same numbers (to 1e-6, tested) one source at a
 time with plain autograd; on CPU it is the faster of the two, and the fit hook picks by device
-(:func:`vectorised`).
+(:func:`vectorised`). Neither changes the learner's buffers ('running' BatchNorm statistics): sources are
+scored in training mode, as a meta-training step scores them, but a measurement observes the model and
+scores every target on the same statistics.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch.func import grad, vmap
 
 from mmlo.models.base import Learner, Params
 from mmlo.models.config import TrainConfig
+from mmlo.reports.tables import transfer_class
 from mmlo.tasks.base import Benchmark, Split, TaskBatch, episode_seed
 
 
@@ -90,19 +95,6 @@ class TransferenceResult:
                     }
                 )
         return out
-
-
-def transfer_class(lr: float, neutral_band: float) -> str:
-    """'positive' (LR < 1), 'neutral' (|1 - LR| < band, or no change at all) or 'negative' (LR > 1).
-
-    LR = 1 counts as neutral even for a zero band, so the three classes cover every finite LR; a NaN LR
-    (a target with zero loss) is 'undefined'.
-    """
-    if math.isnan(lr):
-        return "undefined"
-    if abs(1.0 - lr) < neutral_band or lr == 1.0:
-        return "neutral"
-    return "positive" if lr < 1.0 else "negative"
 
 
 def summarise(rows: Iterable[dict[str, Any]], neutral_band: float | None = None) -> list[dict[str, Any]]:
@@ -201,6 +193,25 @@ def _module_mode(learner: Learner, training: bool) -> Iterator[None]:
         learner.train(was_training)
 
 
+@contextmanager
+def _source_pass(learner: Learner) -> Iterator[None]:
+    """Training mode for a block, with the learner's buffers put back on exit.
+
+    A source is scored as a meta-training step scores it, and a plain training pass moves 'running'
+    BatchNorm statistics. Targets are scored on those statistics, so without the restore every later ratio
+    of the per-source loop would be measured against statistics drifted by the earlier sources (vmap's
+    batched pass never writes them), and the measurement would change the model it measures.
+    """
+    saved = [(b, b.detach().clone()) for b in learner.buffers()]
+    try:
+        with _module_mode(learner, True):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
 def _shared_labels(group: TaskBatch) -> tuple[torch.Tensor, torch.Tensor, tuple[int | None, int | None]]:
     """``support_y`` and ``query_y`` of a group, each as one task's labels if every task has the same ones."""
     labels: list[torch.Tensor] = []
@@ -216,7 +227,8 @@ def source_gradients(learner: Learner, params: Params, sources: TaskBatch) -> Pa
     """Per-source meta-gradients ``∇_θ L_i(θ)``, stacked on a leading source axis ``[S, *shape]``.
 
     One ``vmap(grad(...))`` over the sources of each mode; each source is scored as a one-task batch in
-    training mode, the loss whose gradient a meta-training step would take.
+    training mode, the loss whose gradient a meta-training step would take, and the learner's buffers are
+    left as they were.
     """
     theta = _detached(params)
     out = {name: p.new_zeros((sources.num_tasks, *p.shape)) for name, p in theta.items()}
@@ -248,7 +260,7 @@ def source_gradients(learner: Learner, params: Params, sources: TaskBatch) -> Pa
         # Labels shared by every source (class-major episodes) stay unbatched: learners may use ops that
         # have no vmap rule for batched values (F.one_hot checks its input's range).
         support_y, query_y, y_dims = _shared_labels(group)
-        with _module_mode(learner, True):
+        with _source_pass(learner):
             grads = vmap(grad(source_loss), in_dims=(None, 0, y_dims[0], 0, y_dims[1], 0))(
                 theta, group.support_x, support_y, group.query_x, query_y, group.seed
             )
@@ -337,9 +349,9 @@ def reference_loop_transference(
         before = learner.task_outputs(_detached(theta), targets, training=False).loss.detach().double()[None]
     after_rows: list[torch.Tensor] = []
     for i in range(all_sources.num_tasks):
-        with _module_mode(learner, True):
+        with _source_pass(learner):
             loss = learner.task_outputs(theta, all_sources.select([i]), training=True).loss.sum()
-        grads = torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
+            grads = torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
         moved = {
             name: (p if g is None else p - alpha * g).detach() for (name, p), g in zip(theta.items(), grads)
         }
@@ -376,8 +388,9 @@ class TransferenceHook:
     """A :func:`mmlo.models.training.fit` hook: after the outer step of each of ``iterations`` it measures
     transference of ``sources`` onto ``targets`` and appends the rows, with ``iteration``, to :attr:`rows`.
 
-    Measuring leaves training untouched: the learner's buffers, its module mode and the torch RNG state are
-    restored. :attr:`seconds` adds up the time spent measuring, to set against the training time.
+    Measuring leaves training untouched: both strategies leave the learner's buffers and module mode as they
+    found them, and the torch RNG state is restored. :attr:`seconds` adds up the time spent measuring, to set
+    against the training time.
     """
 
     iterations: frozenset[int]
@@ -396,7 +409,6 @@ class TransferenceHook:
     def __call__(self, iteration: int, learner: Learner, benchmark: Benchmark) -> None:
         started = time.perf_counter()
         device = next(iter(learner.parameters())).device
-        buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
         common: dict[str, Any] = {
             "alpha": self.alpha,
             "source_split": self.source_split,
@@ -404,19 +416,13 @@ class TransferenceHook:
             "include_self": self.include_self,
         }
         sources, targets = self.sources.to(device), self.targets.to(device)
-        try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                if vectorised(self.strategy, device):
-                    result = measure_transference(
-                        learner, learner.params(), sources, targets, chunk_size=self.chunk_size, **common
-                    )
-                else:
-                    result = reference_loop_transference(learner, learner.params(), sources, targets, **common)
-        finally:
-            # A training-mode pass of the per-source loop moves 'running' BatchNorm statistics.
-            with torch.no_grad():
-                for name, b in learner.named_buffers():
-                    b.copy_(buffers[name])
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if vectorised(self.strategy, device):
+                result = measure_transference(
+                    learner, learner.params(), sources, targets, chunk_size=self.chunk_size, **common
+                )
+            else:
+                result = reference_loop_transference(learner, learner.params(), sources, targets, **common)
         rows = result.rows(benchmark.modes, self.neutral_band)
         self.rows.extend({"iteration": iteration, **row} for row in rows)
         self.seconds += time.perf_counter() - started

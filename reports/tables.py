@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import polars as pl
 from mmlo.reports.importance import parameter_importance
@@ -24,7 +24,56 @@ from mmlo.reports.stats import Z95, t95
 #: The ``mode`` of the rows that pool every mode.
 OVERALL = "all"
 EPISODE_KEYS = ("mode", "episode", "episode_seed")
+#: The classes of a finite loss ratio LR, in the order the report shows them (method.md §4).
 TRANSFER_CLASSES = ("positive", "neutral", "negative")
+
+
+# The transfer classes are one rule for the report's vectorised shares and for `mmlo transference`'s summary
+# (mmlo.models.transference imports it from here, because the report must not load torch). Each threshold
+# is written once, in operators that mean the same on a float and on a polars expression, so the scalar and
+# the vectorised classifier cannot drift apart.
+@overload
+def _neutral(lr: float, neutral_band: float) -> bool: ...
+@overload
+def _neutral(lr: pl.Expr, neutral_band: pl.Expr | float) -> pl.Expr: ...
+def _neutral(lr: Any, neutral_band: Any) -> Any:
+    # LR = 1 exactly is no change at all, so it is neutral even for a zero band, where |1 - LR| < 0 never holds.
+    return (abs(1.0 - lr) < neutral_band) | (lr == 1.0)
+
+
+@overload
+def _positive(lr: float) -> bool: ...
+@overload
+def _positive(lr: pl.Expr) -> pl.Expr: ...
+def _positive(lr: Any) -> Any:
+    return lr < 1.0
+
+
+def transfer_class(lr: float, neutral_band: float) -> str:
+    """'neutral' (|1 - LR| < band, or LR = 1 exactly), else 'positive' (LR < 1) or 'negative' (LR > 1).
+
+    A ratio on the band's edge (|1 - LR| = band) is positive or negative; the three classes cover every LR
+    but NaN (a target with zero loss), which is 'undefined'.
+    """
+    if math.isnan(lr):
+        return "undefined"
+    if _neutral(lr, neutral_band):
+        return "neutral"
+    return "positive" if _positive(lr) else "negative"
+
+
+def transfer_class_expr(lr: pl.Expr, neutral_band: pl.Expr | float) -> pl.Expr:
+    """:func:`transfer_class` as a String-valued polars expression (name it with ``alias`` or a keyword); a
+    NaN or null ratio is 'undefined'."""
+    return (
+        pl.when(lr.is_null() | lr.is_nan())
+        .then(pl.lit("undefined"))
+        .when(_neutral(lr, neutral_band))
+        .then(pl.lit("neutral"))
+        .when(_positive(lr))
+        .then(pl.lit("positive"))
+        .otherwise(pl.lit("negative"))
+    )
 
 
 def _rank(column: str, order: Sequence[str]) -> pl.Expr:
@@ -424,21 +473,14 @@ def _final_transference(transference: pl.DataFrame) -> pl.DataFrame:
     """Each trial's last measurement, finite ratios only, with its class under the recorded neutral band."""
     last = pl.col("iteration") == pl.col("iteration").max().over("trial_id")
     rows = transference.filter(last & pl.col("lr").is_finite())
-    neutral = (1.0 - pl.col("lr")).abs() < pl.col("neutral_band")
-    return rows.with_columns(
-        transfer=pl.when(neutral)
-        .then(pl.lit("neutral"))
-        .when(pl.col("lr") < 1.0)
-        .then(pl.lit("positive"))
-        .otherwise(pl.lit("negative"))
-    )
+    return rows.with_columns(transfer=transfer_class_expr(pl.col("lr"), pl.col("neutral_band")))
 
 
 def transference_shares(transference: pl.DataFrame, *, arms: Sequence[str]) -> pl.DataFrame:
     """Shares of positive / neutral / negative transfer per arm, at each trial's last measurement.
 
-    Cross-task pairs only (source != target task); positive: LR < 1, negative: LR > 1, neutral:
-    |1 - LR| < the neutral band recorded with each row. Columns: arm, iteration (the latest), n_pairs,
+    Cross-task pairs only (source != target task), classed by :func:`transfer_class` under the neutral band
+    recorded with each row. Columns: arm, iteration (the latest), n_pairs,
     positive, neutral, negative (fractions), neutral_band, self_lr (mean self-transference), n_self.
     """
     rows = _final_transference(transference)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+if TYPE_CHECKING:
+    from mmlo.tasks.base import Kind
+
 #: The papers' image size for real datasets (mini-ImageNet's 84x84).
 REAL_DATA_IMAGE_SIZE = 84
+
+#: ``shots`` and ``query`` of a benchmark kind when a config leaves them out (method.md §5): 1 shot and 15
+#: query images per class for image benchmarks (MMAML, KML), 5 support and 5 query points per task for
+#: regression (MMAML-Regression). The fields' own defaults are the image ones.
+TASK_SHAPE_DEFAULTS: dict[Kind, dict[str, int]] = {
+    "classification": {"shots": 1, "query": 15},
+    "regression": {"shots": 5, "query": 5},
+}
 
 
 class BenchmarkConfig(BaseModel):
@@ -32,10 +43,20 @@ class BenchmarkConfig(BaseModel):
         5, description="Classes per task (N-way); ignored by regression benchmarks."
     )
     shots: Annotated[int, Field(ge=1, le=1000)] = Field(
-        1, description="Support examples per class (K-shot); for regression, support points per task."
+        TASK_SHAPE_DEFAULTS["classification"]["shots"],
+        description=(
+            "Support examples per class (K-shot); for regression, support points per task. Default by the "
+            "benchmark's kind: 1 for image benchmarks, 5 for regression benchmarks (MMAML-Regression); the "
+            "resolved spec records the number used."
+        ),
     )
     query: Annotated[int, Field(ge=1, le=1000)] = Field(
-        15, description="Query examples per class; for regression, query points per task."
+        TASK_SHAPE_DEFAULTS["classification"]["query"],
+        description=(
+            "Query examples per class; for regression, query points per task. Default by the benchmark's "
+            "kind: 15 for image benchmarks (the papers'), 5 for regression benchmarks (MMAML-Regression); "
+            "the resolved spec records the number used."
+        ),
     )
     image_size: Annotated[int, Field(ge=8, le=512)] = Field(
         32,
@@ -82,6 +103,25 @@ class BenchmarkConfig(BaseModel):
             builtin = name == "offline4" or name.startswith("regression")
             data = {**data, "image_size": 32 if builtin else REAL_DATA_IMAGE_SIZE}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task_shape(cls, data: Any) -> Any:
+        # Image defaults would turn a regression task into 1 support and 15 query points, not MMAML's 5 + 5;
+        # writing the kind's numbers in keeps a dumped spec's meaning unchanged if a default ever moves.
+        if not isinstance(data, dict):
+            return data
+        missing = [key for key in ("shots", "query") if data.get(key) is None]
+        if not missing:
+            return data
+        from mmlo.tasks.registry import benchmark_kind  # the registry imports this module
+
+        try:
+            kind = benchmark_kind(str(data.get("name", "offline4")))
+        except ValueError:
+            # An unregistered name is refused where the benchmark is built; until then, the field defaults.
+            kind = "classification"
+        return {**data, **{key: TASK_SHAPE_DEFAULTS[kind][key] for key in missing}}
 
     @field_validator("root", "cache_dir")
     @classmethod

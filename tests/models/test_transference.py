@@ -159,12 +159,17 @@ def test_rows_carry_the_contract_columns() -> None:
 
 
 def test_transfer_classes_partition_the_loss_ratio() -> None:
-    # Positive below 1 - band, negative above 1 + band, neutral strictly inside the band; LR = 1 is neutral.
+    # Positive below 1 - band, negative above 1 + band, neutral strictly inside the band; LR = 1 is neutral
+    # even for band 0. On the edge (band 0.25, exact in binary) |1 - 0.75| = |1 - 1.25| = 0.25 is not < 0.25.
     assert transfer_class(0.98, 0.01) == "positive"
     assert transfer_class(0.995, 0.01) == "neutral"
     assert transfer_class(1.0, 0.0) == "neutral"
     assert transfer_class(1.0 + 1e-9, 0.0) == "negative"
+    assert transfer_class(1.0 - 1e-9, 0.0) == "positive"
     assert transfer_class(1.02, 0.01) == "negative"
+    assert transfer_class(0.75, 0.25) == "positive"
+    assert transfer_class(1.25, 0.25) == "negative"
+    assert transfer_class(0.875, 0.25) == "neutral"
     assert transfer_class(math.nan, 0.01) == "undefined"
 
 
@@ -311,16 +316,51 @@ def test_fit_with_the_hook_trains_exactly_as_without(strategy: str) -> None:
     assert [e["value_after"] for e in with_hook.episodes] == [e["value_after"] for e in without.episodes]
 
 
-def test_hook_restores_running_batchnorm_statistics() -> None:
-    # The per-source loop's training-mode passes move 'running' BatchNorm statistics; the hook puts them back.
+def _running_batchnorm_model(learner: str, bench: Benchmark, **extra: object) -> Learner:
+    """A float64 learner with 'running' BatchNorm whose statistics sit away from their (0, 1) start, so
+    that scoring targets on them is a real check."""
+    cfg = LearnerConfig(learner=learner, channels=[4, 4], embedding_dim=6, inner_steps=1, norm="running", **extra)
+    torch.manual_seed(0)
+    model = build_learner(cfg, bench).double()
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(torch.rand_like(b) + (0.5 if name.endswith("running_var") else -0.5))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("learner", "extra"),
+    [("protonet", {}), ("mprotonet", {}), ("maml", {}), ("kml", {"base": "maml", "first_order": True})],
+)
+def test_running_batchnorm_strategies_agree_and_leave_buffers_alone(learner: str, extra: dict[str, object]) -> None:
+    # With 'running' BatchNorm the targets are scored on the running statistics: the per-source loop must not
+    # move them between sources, so it equals vmap, and neither strategy changes any buffer of the model.
     bench = _image_benchmark()
-    learner = build_learner(LearnerConfig(learner="protonet", channels=[4, 4], norm="running"), bench)
+    model = _running_batchnorm_model(learner, bench, **extra)
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    assert before, "the model has running statistics"
+    sources = _float64(bench.tasks("train", [0, 0, 1, 1], [1, 2, 3, 4]))
+    targets = _float64(bench.tasks("test", [0, 1], [5, 6]))
+    kwargs = {"alpha": 0.05, "include_self": True}
+    slow = reference_loop_transference(model, model.params(), sources, targets, **kwargs)
+    fast = measure_transference(model, model.params(), sources, targets, chunk_size=2, **kwargs)
+    torch.testing.assert_close(fast.loss_before, slow.loss_before, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(fast.loss_after, slow.loss_after, rtol=1e-6, atol=1e-9)
+    assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
+
+
+def test_hook_strategies_agree_with_running_batchnorm() -> None:
+    # The hook's loop and vmap strategies give the same rows with 'running' BatchNorm, and after each
+    # measurement the model's buffers equal those before it.
+    bench = _image_benchmark()
+    learner = _running_batchnorm_model("protonet", bench)
     before = {name: b.clone() for name, b in learner.named_buffers()}
-    sources, targets = bench.tasks("train", [0, 1], [1, 2]), bench.tasks("test", [0, 1], [3, 4])
-    reference_loop_transference(learner, learner.params(), sources, targets, alpha=0.01)
-    assert any(not torch.equal(b, before[name]) for name, b in learner.named_buffers())
-    learner.load_state_dict({**learner.state_dict(), **before})
     train_cfg = TrainConfig(iterations=1)
-    hook = make_transference_hook(bench, train_cfg, sources_per_mode=1, targets_per_mode=1, strategy="loop")
-    hook(1, learner, bench)
-    assert all(torch.equal(b, before[name]) for name, b in learner.named_buffers())
+    rows = {}
+    for strategy in ("loop", "vmap"):
+        hook = make_transference_hook(bench, train_cfg, sources_per_mode=2, targets_per_mode=1, strategy=strategy)
+        hook.sources, hook.targets = _float64(hook.sources), _float64(hook.targets)
+        hook(1, learner, bench)
+        assert all(torch.equal(b, before[name]) for name, b in learner.named_buffers())
+        rows[strategy] = hook.rows
+    assert [r["lr"] for r in rows["loop"]] == pytest.approx([r["lr"] for r in rows["vmap"]], rel=1e-6)

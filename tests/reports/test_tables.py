@@ -373,6 +373,63 @@ def test_transference_shares() -> None:
     assert shares["self_lr"] == pytest.approx(0.8)
 
 
+#: (LR, neutral band, class), derived by hand from method.md §4: positive LR < 1, negative LR > 1, neutral
+#: |1 - LR| < band, and LR = 1 exactly (no change at all) neutral even for a zero band. The band's edges use
+#: dyadic numbers, exact in binary: with band 0.25, |1 - 0.75| = |1 - 1.25| = 0.25 is not < 0.25.
+TRANSFER_CASES = [
+    (1.0, 0.0, "neutral"),
+    (1.0, 0.25, "neutral"),
+    (0.75, 0.25, "positive"),
+    (1.25, 0.25, "negative"),
+    (0.875, 0.25, "neutral"),
+    (1.125, 0.25, "neutral"),
+    (0.5, 0.0, "positive"),
+    (1.0 - 2.0**-53, 0.0, "positive"),
+    (1.0 + 2.0**-52, 0.0, "negative"),
+    (3.0, 0.01, "negative"),
+]
+
+
+def _one_pair(lr: float, band: float) -> pl.DataFrame:
+    return pl.DataFrame(
+        [{"arm": "A", "trial_id": "A-0", "seed": 0, "iteration": 1, "source_mode": "m1", "target_mode": "m2",
+          "self": False, "lr": lr, "neutral_band": band}]
+    )
+
+
+# A single pair's class gets the whole share, by the hand-derived rule, LR = 1 with band 0 and the band's
+# edges included.
+@pytest.mark.parametrize(("lr", "band", "expected"), TRANSFER_CASES)
+def test_transference_shares_classify_by_hand(lr: float, band: float, expected: str) -> None:
+    shares = tables.transference_shares(_one_pair(lr, band), arms=["A"]).row(0, named=True)
+    assert {c: shares[c] for c in tables.TRANSFER_CLASSES} == {c: float(c == expected) for c in tables.TRANSFER_CLASSES}
+
+
+# The vectorised class (a polars expression over lr and the recorded band) equals the per-pair class on every
+# hand-derived case, and a NaN or missing ratio is undefined in both.
+def test_transfer_class_expression_equals_the_scalar_rule() -> None:
+    cases = [*TRANSFER_CASES, (math.nan, 0.01, "undefined")]
+    frame = pl.DataFrame({"lr": [c[0] for c in cases] + [None], "band": [c[1] for c in cases] + [0.01]})
+    classes = frame.select(transfer=tables.transfer_class_expr(pl.col("lr"), pl.col("band")))["transfer"].to_list()
+    assert classes == [c[2] for c in cases] + ["undefined"]
+    assert [tables.transfer_class(lr, band) for lr, band, _ in cases] == [c[2] for c in cases]
+
+
+# The report's shares and the models' per-mode summary (mmlo transference) classify the same rows alike.
+def test_report_shares_equal_the_models_summary() -> None:
+    from mmlo.models.transference import summarise
+
+    frame = pl.concat([_one_pair(lr, band) for lr, band, _ in TRANSFER_CASES])
+    frame = frame.with_columns(neutral_band=pl.lit(0.0))
+    report = tables.transference_shares(frame, arms=["A"]).row(0, named=True)
+    summary = summarise(frame.to_dicts())[0]
+    classes = tables.TRANSFER_CLASSES
+    assert {c: report[c] for c in classes} == pytest.approx({c: summary[c] for c in classes})
+    # Band 0 for all ten: the two LR = 1 neutral, 0.75, 0.875, 0.5 and 1 - 2^-53 positive, 1.25, 1.125,
+    # 1 + 2^-52 and 3 negative.
+    assert (summary["positive"], summary["neutral"], summary["negative"]) == pytest.approx((0.4, 0.2, 0.4))
+
+
 # Histogram shares sum to one per arm, and every pair lands in a bin.
 def test_transference_histogram() -> None:
     hist = tables.transference_histogram(_transfer_rows(), arms=["A"], bins=10)

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from mmlo.tasks.config import BenchmarkConfig
 from mmlo.tasks.regression import FAMILIES, NOISE_STD, build, sample_family
@@ -126,3 +127,36 @@ def test_mode_subset_and_fingerprint() -> None:
     assert full.fingerprint() == build(_cfg("regression5")).fingerprint()
     with pytest.raises(ValueError, match="not part of regression2"):
         build(_cfg("regression2", modes=["tanh"]))
+
+
+@pytest.mark.parametrize("name", ["regression2", "regression3", "regression5"])
+def test_regression_defaults_to_mmaml_five_support_five_query(name: str) -> None:
+    # shots/query left out of a regression benchmark mean MMAML-Regression's 5 support + 5 query points per
+    # task, written into the config itself (so a dumped config says 5 and 5), and the tasks have them
+    cfg = BenchmarkConfig(name=name)
+    assert (cfg.shots, cfg.query) == (5, 5)
+    assert {k: cfg.model_dump()[k] for k in ("shots", "query")} == {"shots": 5, "query": 5}
+    batch = build(cfg).tasks("train", [0], [3])
+    assert batch.support_x.shape == (1, 5, 1) and batch.query_x.shape == (1, 5, 1)
+
+
+def test_image_defaults_and_explicit_values_stay() -> None:
+    # image benchmarks keep 1 shot and 15 query per class; a value written in the config always wins, and an
+    # explicit null means the benchmark's default, as for image_size
+    assert (BenchmarkConfig().shots, BenchmarkConfig().query) == (1, 15)
+    assert (BenchmarkConfig(name="mm5").shots, BenchmarkConfig(name="mm5").query) == (1, 15)
+    mixed = BenchmarkConfig(name="regression2", shots=10)
+    assert (mixed.shots, mixed.query) == (10, 5)
+    image = BenchmarkConfig(name="offline4", query=5)
+    assert (image.shots, image.query) == (1, 5)
+    assert BenchmarkConfig.model_validate({"name": "regression3", "shots": None}).shots == 5
+
+
+def test_resolved_study_spec_records_the_regression_defaults() -> None:
+    # a study that omits shots/query on a regression benchmark runs, and records, 5 and 5
+    from mmlo.orchestrator.spec import dump_study, parse_study
+
+    study = parse_study({"name": "t", "benchmark": {"name": "regression2"}, "arms": [{"name": "M", "learner": "maml"}]})
+    resolved = yaml.safe_load(dump_study(study))["benchmark"]
+    assert (resolved["shots"], resolved["query"]) == (5, 5)
+    assert parse_study(yaml.safe_load(dump_study(study))).benchmark == study.benchmark
