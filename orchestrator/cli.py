@@ -37,7 +37,9 @@ _state: dict[str, bool] = {"debug": False}
 T = TypeVar("T")
 
 StudyFile = Annotated[Path, typer.Argument(help="Study YAML file, e.g. studies/kml_ablation.yaml.")]
-RunDir = Annotated[Path, typer.Argument(help="Run directory: <output>/<study name>.")]
+RunDir = Annotated[
+    str, typer.Argument(help="Run directory: <output>/<study name>, a local path or a storage URI (s3://...).")
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -64,11 +66,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def _guard(fn: Callable[[], T]) -> T:
     """Run a command body; user errors become one message and exit code 2."""
     from mmlo.reports.errors import ReportError
+    from mmlo.storage import StorageError
     from mmlo.tasks.errors import DataMissingError
 
     try:
         return fn()
-    except (UserError, DataMissingError, ReportError) as err:
+    except (UserError, DataMissingError, ReportError, StorageError) as err:
         if _state["debug"]:
             raise
         raise _fail(str(err)) from None
@@ -117,7 +120,12 @@ def schema() -> None:
 def study(
     file: StudyFile,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for the run directory (overrides the study's 'output').")
+        str | None,
+        typer.Option(
+            "--out",
+            help="Where the run directory goes (overrides the study's 'output'): a folder, or on a cluster without "
+            "a shared file system an object-store URI every node reaches (s3://bucket/prefix?endpoint_override=...).",
+        ),
     ] = None,
     address: Annotated[
         str | None, typer.Option("--address", help="Join an existing Ray cluster (e.g. 'auto' or 'host:6379').")
@@ -129,7 +137,7 @@ def study(
         bool, typer.Option("--resume", help="Finish an interrupted study without re-running finished trials.")
     ] = False,
     dashboard: Annotated[
-        bool, typer.Option("--dashboard/--no-dashboard", help="Start the Ray dashboard (needs mmlo[dashboard]).")
+        bool, typer.Option("--dashboard/--no-dashboard", help="Start Ray's dashboard and print its URL once it answers.")
     ] = True,
 ) -> None:
     """Run a study (or each study of a multi-document file): ablation, Optuna search, confirm; Parquet; report."""

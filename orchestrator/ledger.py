@@ -5,23 +5,24 @@ validation, ``episodes.parquet`` and ``transference-<iteration>.parquet``), neve
 per-episode data stays out of the driver (ray#64231), and what a trial wrote survives a crash of the driver.
 The driver only writes the record of a trial that Ray stopped or lost before the trial could say so itself.
 
+The ledger lives in the run's :class:`~mmlo.storage.RunStore` (a local folder, a shared file
+system or an object store), so a trial on any node of a cluster writes it where the driver reads it.
+
 The ledger is the study's source of truth: a resumed study skips every trial whose record is final, and the
-Parquet tables (:mod:`mmlo.orchestrator.sink`) are rebuilt from it. Every file is written atomically (a
-temporary file, then ``os.replace``), so a ``kill -9`` never leaves half a record behind; a torn last line
-of ``progress.jsonl`` is ignored.
+Parquet tables (:mod:`mmlo.orchestrator.sink`) are rebuilt from it. Every file is written atomically, so a
+``kill -9`` never leaves half a record behind; a torn last line of ``progress.jsonl`` is ignored, and a record
+that cannot be read (a damaged disk, a hand edit) is reported by :func:`damaged` and its trial run again.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from mmlo.storage import RunStore, jsonable, read_parquet, write_parquet
 
 PARTS_DIR = "parts"
 RECORD_FILE = "trial.json"
@@ -31,128 +32,127 @@ TRANSFERENCE_PREFIX = "transference-"
 #: States of a trial that will not run again; ``running`` is the only other state a record has.
 FINAL_STATES = ("completed", "stopped_early", "failed")
 
-
-def trial_dir(run_dir: Path, trial_id: str) -> Path:
-    return Path(run_dir) / PARTS_DIR / trial_id
+Run = RunStore | Path | str
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+def trial_dir(run_dir: Run, trial_id: str) -> str:
+    """The trial's folder, relative to the run directory."""
+    return f"{PARTS_DIR}/{trial_id}"
+
+
+def read_record(run_dir: Run, trial_id: str) -> dict[str, Any] | None:
+    """The trial's record, or None when it has none (or only a damaged one)."""
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so that readers see either the old or the new content, never a mix."""
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), ".tmp")
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n")
-
-
-def atomic_write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    _atomic_write(path, frame.write_parquet, ".parquet.tmp")
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON has no NaN: non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
+        data = RunStore.open(run_dir).read_json(f"{trial_dir(run_dir, trial_id)}/{RECORD_FILE}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+    return dict(data) if isinstance(data, dict) else None
 
 
-def read_record(run_dir: Path, trial_id: str) -> dict[str, Any] | None:
-    path = trial_dir(run_dir, trial_id) / RECORD_FILE
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
+def write_record(run_dir: Run, record: dict[str, Any]) -> None:
+    RunStore.open(run_dir).write_json(f"{trial_dir(run_dir, record['trial_id'])}/{RECORD_FILE}", record)
 
 
-def write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_json(trial_dir(run_dir, record["trial_id"]) / RECORD_FILE, record)
+def _record_files(store: RunStore) -> list[str]:
+    return [f for f in store.list(PARTS_DIR) if f.count("/") == 2 and f.endswith(f"/{RECORD_FILE}")]
 
 
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every trial record of the run, ordered by trial id."""
-    root = Path(run_dir) / PARTS_DIR
-    out = []
-    for path in sorted(root.glob(f"*/{RECORD_FILE}")):
+def _scan(run_dir: Run) -> tuple[list[dict[str, Any]], list[str]]:
+    store = RunStore.open(run_dir)
+    good, bad = [], []
+    for rel in _record_files(store):
         try:
-            out.append(dict(json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, json.JSONDecodeError):
-            continue
-    return out
+            data = store.read_json(rel)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("trial_id"), str):
+            good.append(dict(data))
+        elif data is not None or store.exists(rel):
+            bad.append(store.where(rel))
+    return sorted(good, key=lambda r: r["trial_id"]), bad
 
 
-def finished(run_dir: Path) -> dict[str, dict[str, Any]]:
+def records(run_dir: Run) -> list[dict[str, Any]]:
+    """Every readable trial record of the run, ordered by trial id."""
+    return _scan(run_dir)[0]
+
+
+def damaged(run_dir: Run) -> list[str]:
+    """Trial records that exist but cannot be read (where they are, as a user reads it)."""
+    return _scan(run_dir)[1]
+
+
+def finished(run_dir: Run) -> dict[str, dict[str, Any]]:
     """Records whose state is final, by trial id."""
     return {r["trial_id"]: r for r in records(run_dir) if r.get("state") in FINAL_STATES}
 
 
-def append_progress(run_dir: Path, trial_id: str, row: dict[str, Any]) -> None:
-    """Append one validation row; one ``write`` of one line, so a crash tears at most the last line."""
-    path = trial_dir(run_dir, trial_id) / PROGRESS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_jsonable(row), allow_nan=False) + "\n"
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(line)
+def append_progress(run_dir: Run, trial_id: str, row: dict[str, Any]) -> None:
+    """Append one validation row (one line, so a crash tears at most the last line)."""
+    line = json.dumps(jsonable(row), allow_nan=False) + "\n"
+    RunStore.open(run_dir).append_text(f"{trial_dir(run_dir, trial_id)}/{PROGRESS_FILE}", line)
 
 
-def read_progress(run_dir: Path, trial_id: str) -> list[dict[str, Any]]:
+def read_progress(run_dir: Run, trial_id: str) -> list[dict[str, Any]]:
     """The trial's validation rows; a repeated iteration (a resumed trial re-reporting it) keeps the last."""
-    path = trial_dir(run_dir, trial_id) / PROGRESS_FILE
-    if not path.exists():
+    text = RunStore.open(run_dir).read_text(f"{trial_dir(run_dir, trial_id)}/{PROGRESS_FILE}")
+    if text is None:
         return []
     by_iteration: dict[int, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+            by_iteration[int(row["iteration"])] = row
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-        by_iteration[int(row["iteration"])] = row
     return [by_iteration[i] for i in sorted(by_iteration)]
 
 
-def rewind(run_dir: Path, trial_id: str, iteration: int) -> None:
+def rewind(run_dir: Run, trial_id: str, iteration: int) -> None:
     """Forget what a trial wrote after ``iteration`` (it is about to resume from a checkpoint there)."""
+    store = RunStore.open(run_dir)
     directory = trial_dir(run_dir, trial_id)
-    rows = [r for r in read_progress(run_dir, trial_id) if int(r["iteration"]) <= iteration]
-    if (directory / PROGRESS_FILE).exists():
-        atomic_write_text(directory / PROGRESS_FILE, "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
-    for path in directory.glob(f"{TRANSFERENCE_PREFIX}*.parquet"):
-        if int(path.stem.removeprefix(TRANSFERENCE_PREFIX)) > iteration:
-            path.unlink()
-    (directory / EPISODES_FILE).unlink(missing_ok=True)
+    rows = [r for r in read_progress(store, trial_id) if int(r["iteration"]) <= iteration]
+    if store.exists(f"{directory}/{PROGRESS_FILE}"):
+        store.write_text(f"{directory}/{PROGRESS_FILE}", "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
+    for rel in _trial_files(store, trial_id):
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(TRANSFERENCE_PREFIX) and int(name.removeprefix(TRANSFERENCE_PREFIX).split(".")[0]) > iteration:
+            store.delete(rel)
+    store.delete(f"{directory}/{EPISODES_FILE}")
 
 
-def write_episodes(run_dir: Path, trial_id: str, frame: pl.DataFrame) -> None:
-    atomic_write_parquet(frame, trial_dir(run_dir, trial_id) / EPISODES_FILE)
+def _trial_files(store: RunStore, trial_id: str) -> list[str]:
+    return store.list(trial_dir(store, trial_id))
 
 
-def write_transference(run_dir: Path, trial_id: str, iteration: int, frame: pl.DataFrame) -> None:
-    atomic_write_parquet(frame, trial_dir(run_dir, trial_id) / f"{TRANSFERENCE_PREFIX}{iteration:08d}.parquet")
+def write_episodes(run_dir: Run, trial_id: str, frame: pl.DataFrame) -> None:
+    write_parquet(RunStore.open(run_dir), f"{trial_dir(run_dir, trial_id)}/{EPISODES_FILE}", frame)
 
 
-def episode_files(run_dir: Path) -> list[Path]:
-    return sorted((Path(run_dir) / PARTS_DIR).glob(f"*/{EPISODES_FILE}"))
+def write_transference(run_dir: Run, trial_id: str, iteration: int, frame: pl.DataFrame) -> None:
+    rel = f"{trial_dir(run_dir, trial_id)}/{TRANSFERENCE_PREFIX}{iteration:08d}.parquet"
+    write_parquet(RunStore.open(run_dir), rel, frame)
 
 
-def transference_files(run_dir: Path) -> list[Path]:
-    return sorted((Path(run_dir) / PARTS_DIR).glob(f"*/{TRANSFERENCE_PREFIX}*.parquet"))
+def episode_files(run_dir: Run) -> list[str]:
+    """``parts/<trial>/episodes.parquet`` of every trial that wrote one, relative to the run directory."""
+    return [f for f in RunStore.open(run_dir).list(PARTS_DIR) if f.endswith(f"/{EPISODES_FILE}") and f.count("/") == 2]
 
 
-def remove_trial(run_dir: Path, trial_id: str) -> None:
+def transference_files(run_dir: Run) -> list[str]:
+    return [
+        f
+        for f in RunStore.open(run_dir).list(PARTS_DIR)
+        if f.count("/") == 2 and f.rsplit("/", 1)[-1].startswith(TRANSFERENCE_PREFIX) and f.endswith(".parquet")
+    ]
+
+
+def read_table(run_dir: Run, rel: str) -> pl.DataFrame | None:
+    """A part file's Parquet table (``rel`` as :func:`episode_files` gives it)."""
+    return read_parquet(RunStore.open(run_dir), rel)
+
+
+def remove_trial(run_dir: Run, trial_id: str) -> None:
     """Delete an abandoned trial's part files (an interrupted search trial that is sampled again)."""
-    shutil.rmtree(trial_dir(run_dir, trial_id), ignore_errors=True)
+    RunStore.open(run_dir).delete(trial_dir(run_dir, trial_id))

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from mmlo.models.allocator import choose as choose_allocator
-from mmlo.orchestrator.ledger import atomic_write_json
 from mmlo.orchestrator.spec import Study
+from mmlo.storage import PROVENANCE_FILE, RunStore
 
-PROVENANCE_FILE = "provenance.json"
+Run = RunStore | Path | str
 PACKAGES = ("mmlo", "torch", "ray", "optuna", "polars", "pyarrow", "numpy", "pydantic", "altair", "typer", "pillow")
 
 
@@ -83,15 +83,17 @@ def driver_peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def read_provenance(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / PROVENANCE_FILE
-    if not path.exists():
+def read_provenance(run_dir: Run) -> dict[str, Any]:
+    """The run's provenance record ({} when there is none, or it cannot be read)."""
+    try:
+        data = RunStore.open(run_dir).read_json(PROVENANCE_FILE)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+    return dict(data) if isinstance(data, dict) else {}
 
 
 def start_session(
-    run_dir: Path,
+    run_dir: Run,
     study: Study,
     benchmark: dict[str, Any],
     *,
@@ -112,6 +114,7 @@ def start_session(
             "benchmark": benchmark,
             "machine": machine(),
             "ray_address": address,
+            "storage": RunStore.open(run_dir).where(),
             "trial_allocator": choose_allocator(benchmark["kind"])[1] if address is None else "the cluster's own",
             "seeds": {
                 "training": list(study.seeds),
@@ -125,20 +128,27 @@ def start_session(
         }
     )
     record.setdefault("concurrency", {})
-    atomic_write_json(Path(run_dir) / PROVENANCE_FILE, record)
+    RunStore.open(run_dir).write_json(PROVENANCE_FILE, record)
     return record
 
 
-def record_phase(run_dir: Path, phase: str, concurrent: int, reason: str, trials: int, wall_seconds: float) -> None:
+def record_phase(run_dir: Run, phase: str, concurrent: int, reason: str, trials: int, wall_seconds: float) -> None:
     """How a phase ran in this session: trials at once (and why), trials run, wall seconds."""
     record = read_provenance(run_dir)
     record.setdefault("concurrency", {})[phase] = {"trials_at_once": concurrent, "why": reason}
     session = (record.get("sessions") or [{}])[-1]
     session.setdefault("phases", {})[phase] = {"trials": trials, "wall_seconds": round(wall_seconds, 3)}
-    atomic_write_json(Path(run_dir) / PROVENANCE_FILE, record)
+    RunStore.open(run_dir).write_json(PROVENANCE_FILE, record)
 
 
-def finish_session(run_dir: Path, outcome: str, wall_seconds: float) -> dict[str, Any]:
+def record_dashboard(run_dir: Run, url: str) -> None:
+    """The Ray dashboard URL of this session (the report links it; it answers while the cluster runs)."""
+    record = read_provenance(run_dir)
+    record["dashboard_url"] = url
+    RunStore.open(run_dir).write_json(PROVENANCE_FILE, record)
+
+
+def finish_session(run_dir: Run, outcome: str, wall_seconds: float) -> dict[str, Any]:
     """Close the current session: ``outcome`` is completed | interrupted | failed."""
     record = read_provenance(run_dir)
     sessions = record.get("sessions") or [{}]
@@ -148,5 +158,5 @@ def finish_session(run_dir: Path, outcome: str, wall_seconds: float) -> dict[str
     if outcome == "completed":
         record["finished"] = sessions[-1]["finished"]
     record["wall_seconds"] = round(sum(s.get("wall_seconds") or 0.0 for s in sessions), 3)
-    atomic_write_json(Path(run_dir) / PROVENANCE_FILE, record)
+    RunStore.open(run_dir).write_json(PROVENANCE_FILE, record)
     return record

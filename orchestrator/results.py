@@ -23,32 +23,41 @@ from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.progress import duration
 from mmlo.orchestrator.provenance import read_provenance
 from mmlo.orchestrator.sink import EPISODES_FILE, PHASE_ORDER
+from mmlo.storage import SPEC_FILE, RunStore, StorageError, read_parquet
 
 #: Phases whose trials are rows of the ablation table.
 TABLE_PHASES = ("ablation", "confirm")
 RESULT_FIELDS = ("arm", "mode", "metric", "mean", "ci95", "n_episodes", "n_seeds")
 
 
-def _run_dir(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    run_dir = Path(run_dir).expanduser().resolve()
-    spec_path = run_dir / "spec.yaml"
-    if not spec_path.exists():
-        raise UserError(f"{run_dir}: not a run directory (no spec.yaml); give <output>/<study name>")
-    return run_dir, yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+def open_run(run_dir: RunStore | Path | str) -> tuple[RunStore, dict[str, Any]]:
+    """The run directory's store and its resolved spec; UserError when it is not a run directory."""
+    try:
+        store = RunStore.open(run_dir)
+        store.check_reachable()
+    except StorageError as err:
+        raise UserError(str(err)) from None
+    text = store.read_text(SPEC_FILE)
+    if text is None:
+        raise UserError(f"{store}: not a run directory (no {SPEC_FILE}); give <output>/<study name>")
+    return store, yaml.safe_load(text) or {}
 
 
-def show_status(run_dir: Path) -> None:
+def show_status(run_dir: RunStore | Path | str) -> None:
     """Print the progress of a study (running or finished)."""
-    run_dir, spec = _run_dir(run_dir)
-    print(status_text(run_dir, spec))
+    store, spec = open_run(run_dir)
+    print(status_text(store, spec))
 
 
-def status_text(run_dir: Path, spec: dict[str, Any]) -> str:
+def status_text(run_dir: RunStore, spec: dict[str, Any]) -> str:
     records = sorted(ledger.records(run_dir), key=lambda r: (PHASE_ORDER.get(r.get("phase", ""), 9), r["trial_id"]))
     record = read_provenance(run_dir)
     sessions = record.get("sessions") or []
     state = "finished" if record.get("finished") else (sessions[-1].get("outcome", "running") if sessions else "?")
     lines = [f"study {spec.get('name', run_dir.name)}  ({run_dir})", f"  state      {state}"]
+    broken = ledger.damaged(run_dir)
+    if broken:
+        lines.append(f"  damaged    {len(broken)} unreadable trial record(s), re-run by --resume: {', '.join(broken)}")
     if sessions:
         lines.append(f"  started    {record.get('started')}  ({len(sessions)} session(s))")
     # A record still 'running' after its session ended (Ctrl-C, a crash) waits for `--resume`.
@@ -100,11 +109,10 @@ def ablation_table(episodes: pl.DataFrame, arms: list[str], modes: list[str]) ->
     return table.with_columns(pl.lit(metric).alias("metric")).select(RESULT_FIELDS)
 
 
-def _load_table(run_dir: Path, spec: dict[str, Any]) -> pl.DataFrame:
-    path = run_dir / EPISODES_FILE
-    if not path.exists():
-        raise UserError(f"{run_dir}: no episodes.parquet yet; `mmlo status {run_dir}` shows the study's progress")
-    episodes = pl.read_parquet(path)
+def _load_table(run_dir: RunStore, spec: dict[str, Any]) -> pl.DataFrame:
+    episodes = read_parquet(run_dir, EPISODES_FILE)
+    if episodes is None:
+        raise UserError(f"{run_dir}: no {EPISODES_FILE} yet; `mmlo status {run_dir}` shows the study's progress")
     arms = [str(a["name"]) for a in spec.get("arms") or []]
     modes = list((read_provenance(run_dir).get("benchmark") or {}).get("modes") or [])
     modes += [m for m in episodes["mode"].unique(maintain_order=True).to_list() if m not in modes]
@@ -114,10 +122,10 @@ def _load_table(run_dir: Path, spec: dict[str, Any]) -> pl.DataFrame:
     return table
 
 
-def show_results(run_dir: Path, fmt: str = "table") -> None:
+def show_results(run_dir: RunStore | Path | str, fmt: str = "table") -> None:
     """Print the ablation table as ``table`` (arm x mode), ``csv`` or ``json`` (one object per arm and mode)."""
-    run_dir, spec = _run_dir(run_dir)
-    table = _load_table(run_dir, spec)
+    store, spec = open_run(run_dir)
+    table = _load_table(store, spec)
     if fmt == "json":
         records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in table.to_dicts()]
         print(json.dumps(records, indent=1))

@@ -14,6 +14,7 @@ trials in all. A resume whose spec differs from the recorded one is refused, nam
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -49,7 +50,10 @@ from mmlo.orchestrator.progress import StudyProgress, duration
 from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
 from mmlo.orchestrator.spec import Study, dump_study
 from mmlo.orchestrator.summary import local_concurrency
-from mmlo.orchestrator.trainable import SPEC_FILE, run_trial, trial_from_config
+from mmlo.orchestrator.checkpoints import latest_checkpoints
+from mmlo.storage import LOGS_DIR, SPEC_FILE, RunStore, StorageError, normalise_location
+from mmlo.orchestrator.trainable import reuse_actors, trial_actor_class, trial_constants, trial_from_config
+from mmlo.tasks.offline4 import cache_root
 
 #: What Ray and Tune read from the environment: the legacy (quiet) reporter, our own Ctrl-C handling.
 RAY_ENVIRONMENT = {
@@ -66,6 +70,9 @@ RAY_ENVIRONMENT = {
 #: Spec keys that may change between sessions of one run (they do not change results).
 RESUMABLE_KEYS = ("output", "resources", "description")
 LOGGERS = ("ray", "optuna", "filelock")
+DRIVER_LOG = "driver.log"
+#: Ray namespace of a study's driver (its trial actors are listed under it in the dashboard).
+RAY_NAMESPACE = "mmlo"
 #: Status-line entries that stand for trials not created yet (search trials get their id from Optuna).
 SEARCH_PENDING, CONFIRM_PENDING = "search pending ", "confirm pending "
 
@@ -76,8 +83,8 @@ class Run:
 
     study: Study
     study_file: Path
-    run_dir: Path
-    output: Path
+    run_dir: RunStore
+    output: str
     address: str | None
     max_concurrent: int | None
     space: SearchSpace | None
@@ -86,6 +93,8 @@ class Run:
     session: int = 1
     #: Why ``fits`` trials run at once (printed, and recorded per phase in provenance).
     fits_reason: str = ""
+    #: Where this session's driver log is (on this machine, also for a run on an object store).
+    logs: Path = Path()
 
     @property
     def higher_is_better(self) -> bool:
@@ -96,7 +105,7 @@ class Run:
         return "accuracy" if self.higher_is_better else "mse"
 
     def resume_command(self) -> str:
-        words = ["mmlo", "study", str(self.study_file.resolve()), "--out", str(self.output), "--resume"]
+        words = ["mmlo", "study", str(self.study_file.resolve()), "--out", self.output, "--resume"]
         if self.address:
             words += ["--address", self.address]
         if self.max_concurrent:
@@ -108,7 +117,7 @@ def run_study(
     study: Study,
     *,
     study_file: Path | str,
-    out: Path | None = None,
+    out: Path | str | None = None,
     address: str | None = None,
     max_concurrent: int | None = None,
     resume: bool = False,
@@ -121,22 +130,18 @@ def run_study(
     after a clean stop on Ctrl-C (the CLI exits 130), having printed the command that resumes.
     """
     wall_start = time.perf_counter()
-    output = Path(out).expanduser().resolve() if out is not None else study.output
+    output = normalise_location(out) if out is not None else study.output
     study = study.model_copy(update={"output": output})
-    run_dir = output / study.name
+    try:
+        run_dir = RunStore.open(output).child(study.name)
+        run_dir.check_reachable()
+    except StorageError as err:
+        raise UserError(f"--out: {err}") from None
     phases = study.resolved_phases
     space = compile_space(study, study_file) if {"search", "confirm"} & set(phases) else None
     _check_run_dir(run_dir, study, resume)
-
-    from mmlo.tasks.datacmd import prepare
-    from mmlo.tasks.registry import get_benchmark
-
-    # Data is rendered or checked once here, on every core, never by trials racing each other.
-    prepare(study.benchmark.name, config=study.benchmark)
-    benchmark = get_benchmark(study.benchmark)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    ledger.atomic_write_text(run_dir / SPEC_FILE, dump_study(study))
+    benchmark = _driver_benchmark(study, address)
+    run_dir.write_text(SPEC_FILE, dump_study(study))
     record = provenance.start_session(
         run_dir,
         study,
@@ -147,6 +152,7 @@ def run_study(
     )
     run = Run(study, Path(study_file), run_dir, output, address, max_concurrent, space, benchmark)
     run.session = len(record["sessions"])
+    run.logs = _logs_dir(run_dir)
     outcome = "failed"
     try:
         code = _run(run, dashboard)
@@ -157,6 +163,7 @@ def run_study(
     finally:
         _write_tables(run)
         provenance.finish_session(run_dir, outcome, time.perf_counter() - wall_start)
+        _keep_driver_log(run)
         if outcome == "interrupted":
             done = len(ledger.finished(run_dir))
             print(
@@ -168,6 +175,63 @@ def run_study(
     _write_report(run_dir)
     print(f"results: mmlo results {run_dir}", flush=True)
     return code
+
+
+def _driver_benchmark(study: Study, address: str | None) -> Any:
+    """The benchmark as the driver sees it (kind, modes, fingerprint), its data prepared here first.
+
+    On this machine's own cluster the data is rendered or checked once here, never by trials racing each
+    other. With ``--address`` the trials run on other machines, which check their own data before training
+    (a trial on a node without it fails, naming the node and the path): data missing here is only a warning.
+    """
+    from mmlo.tasks.datacmd import prepare
+    from mmlo.tasks.errors import DataMissingError
+    from mmlo.tasks.registry import benchmark_kind, benchmark_modes, get_benchmark
+
+    try:
+        prepare(study.benchmark.name, config=study.benchmark)
+        return get_benchmark(study.benchmark)
+    except DataMissingError as err:
+        if address is None:
+            raise
+        print(f"note: the benchmark's data is not on this machine ({err}); each trial checks its own node", flush=True)
+    modes = tuple(study.benchmark.modes or benchmark_modes(study.benchmark.name))
+    return _Described(study.benchmark.name, benchmark_kind(study.benchmark.name), modes)
+
+
+@dataclass(frozen=True)
+class _Described:
+    """What the driver knows of a benchmark whose data is only on the cluster's nodes."""
+
+    name: str
+    kind: str
+    modes: tuple[str, ...]
+
+    def fingerprint(self) -> str | None:
+        return None
+
+
+def _logs_dir(run_dir: RunStore) -> Path:
+    """This session's log folder: ``<run>/logs`` on a file system; on an object store, a folder on this machine
+    (the driver log is copied into the run directory when the session ends)."""
+    if run_dir.local_path is not None:
+        path = run_dir.local_path / LOGS_DIR
+    else:
+        digest = hashlib.sha256(run_dir.uri.encode()).hexdigest()[:10]
+        path = cache_root() / "driver-logs" / f"{run_dir.name}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _keep_driver_log(run: Run) -> None:
+    if run.run_dir.is_local:
+        return
+    log = run.logs / DRIVER_LOG
+    try:
+        if log.exists():
+            run.run_dir.write_bytes(f"{LOGS_DIR}/driver-session-{run.session}.log", log.read_bytes())
+    except OSError as err:
+        print(f"note: could not copy the driver log into the run directory ({err}); it is at {log}", file=sys.stderr)
 
 
 def _sampler_record(study: Study) -> dict[str, Any] | None:
@@ -184,18 +248,18 @@ def _sampler_record(study: Study) -> dict[str, Any] | None:
     }
 
 
-def _check_run_dir(run_dir: Path, study: Study, resume: bool) -> None:
-    spec_path = run_dir / SPEC_FILE
+def _check_run_dir(run_dir: RunStore, study: Study, resume: bool) -> None:
+    recorded_text = run_dir.read_text(SPEC_FILE)
     if not resume:
-        if spec_path.exists():
+        if recorded_text is not None:
             raise UserError(
                 f"{run_dir} already holds a run of '{study.name}' ({len(ledger.finished(run_dir))} finished "
                 "trials): add --resume to finish it, or choose another --out (or delete the folder) to start over"
             )
         return
-    if not spec_path.exists():
+    if recorded_text is None:
         raise UserError(f"--resume: there is no run to resume at {run_dir} (start it without --resume)")
-    recorded = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+    recorded = yaml.safe_load(recorded_text) or {}
     changes = spec_changes(recorded, study.model_dump(mode="json"))
     if changes:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
@@ -242,7 +306,7 @@ def _run(run: Run, dashboard: bool) -> int:
         if n_search and run.space is not None:
             planned.append(search_trial(study, 0, {}))
         run.expected = estimate_trials(study, planned, run.benchmark, threads)
-    with _logs_to_file(run_dir / "logs" / "driver.log") as attach, _ray(run, dashboard, attach) as resources:
+    with _logs_to_file(run.logs / DRIVER_LOG) as attach, _ray(run, dashboard, attach) as resources:
         fits, reason = local_concurrency(study, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
         if run.max_concurrent is not None and run.max_concurrent < fits:
             fits, reason = run.max_concurrent, reason + f", capped by --max-concurrent={run.max_concurrent}"
@@ -380,14 +444,13 @@ def _ray(run: Run, dashboard: bool, attach_logs: Callable[[], None]) -> Iterator
 
     started_here = not ray.is_initialized()
     if started_here:
-        from ray._private.utils import get_dashboard_dependency_error
-
-        with_dashboard = dashboard and get_dashboard_dependency_error() is None
+        dashboard_error = ray_dashboard_missing()
+        with_dashboard = dashboard and dashboard_error is None
         where = f"cluster at {run.address}" if run.address else f"local cluster, {_local_cpus()} CPUs"
         print(f"starting Ray ({where}) ...", flush=True)
         kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
         if run.address:
-            context = ray.init(address=run.address, **kwargs)
+            context = ray.init(address=run.address, namespace=RAY_NAMESPACE, **kwargs)
         else:
             # Image trials start on jemalloc where it is installed (models/allocator.py). Not for --address:
             # the library's path on other nodes is unknown, and a missing preload only prints errors there.
@@ -398,19 +461,31 @@ def _ray(run: Run, dashboard: bool, attach_logs: Callable[[], None]) -> Iterator
                 dashboard_host="127.0.0.1",
                 object_store_memory=256 * 2**20,
                 runtime_env={"env_vars": allocator} if allocator else None,
+                namespace=RAY_NAMESPACE,
                 **kwargs,
             )
         attach_logs()
-        _link_session_logs(run.run_dir, context)
+        _link_session_logs(run.logs, context)
+        url = getattr(context, "dashboard_url", "") or ""
         if dashboard and not with_dashboard and run.address is None:
-            print("dashboard: not started (install mmlo[dashboard] for Ray's dashboard)", flush=True)
-        elif dashboard and getattr(context, "dashboard_url", ""):
-            announce_when_up(f"http://{context.dashboard_url}")
+            print(f"dashboard: not started ({dashboard_error}; `make setup` installs it)", flush=True)
+        elif url:
+            url = url if url.startswith("http") else f"http://{url}"
+            provenance.record_dashboard(run.run_dir, url)
+            announce_when_up(url, label="dashboard" if run.address is None else "cluster dashboard")
     try:
         yield {k: float(v) for k, v in ray.cluster_resources().items()}
     finally:
         if started_here:
             ray.shutdown()
+
+
+def ray_dashboard_missing() -> str | None:
+    """Why Ray's dashboard cannot start here (a missing package of ``ray[default]``), or None when it can."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    error = get_dashboard_dependency_error()
+    return None if error is None else f"Ray's dashboard needs ray[default]: {error}"
 
 
 def _local_cpus() -> int:
@@ -420,17 +495,17 @@ def _local_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _link_session_logs(run_dir: Path, context: Any) -> None:
-    """``<run>/logs/ray`` points at this session's Ray logs (raylet, workers, trial output)."""
+def _link_session_logs(logs: Path, context: Any) -> None:
+    """``<logs>/ray`` points at this session's Ray logs on this machine (raylet, workers, trial output)."""
     session = getattr(context, "address_info", {}).get("session_dir")
     if not session:
         return
-    link = run_dir / "logs" / "ray"
+    link = logs / "ray"
     link.unlink(missing_ok=True)
     link.symlink_to(Path(session) / "logs", target_is_directory=True)
 
 
-def announce_when_up(url: str, timeout_s: float = 60.0) -> threading.Thread:
+def announce_when_up(url: str, timeout_s: float = 60.0, label: str = "dashboard") -> threading.Thread:
     """Print the dashboard URL once it answers HTTP (any status: 401 means up, with token auth), never before
     (ray#6123: a printed link that is dead); the probe runs in a background thread, which is returned."""
 
@@ -444,7 +519,7 @@ def announce_when_up(url: str, timeout_s: float = 60.0) -> threading.Thread:
             except OSError:
                 time.sleep(1.0)
                 continue
-            print(f"dashboard: {url}", flush=True)
+            print(f"{label}: {url}", flush=True)
             return
 
     thread = threading.Thread(target=probe, name="mmlo-dashboard-probe", daemon=True)
@@ -472,33 +547,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _with_checkpoints(run: Run, specs: Sequence[TrialSpec]) -> list[dict[str, Any]]:
     """Tune configs of planned trials; an interrupted trial resumes from the last checkpoint an earlier
     session persisted."""
-    found = latest_checkpoints(run.run_dir / "ray")
+    found = latest_checkpoints(run.run_dir)
     out = []
     for spec in specs:
         trial = spec.to_json()
         if spec.trial_id in found:
-            trial["resume_from"] = str(found[spec.trial_id])
+            trial["resume_from"] = found[spec.trial_id]
         out.append({"trial": trial})
     return out
-
-
-def latest_checkpoints(storage: Path) -> dict[str, Path]:
-    """For each trial folder under Tune's storage, its newest checkpoint that a result line confirms."""
-    best: dict[str, tuple[int, Path]] = {}
-    for result_file in storage.glob("*/*/result.json"):
-        trial_dir = result_file.parent
-        for line in result_file.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            name = row.get("checkpoint_dir_name")
-            if not name or not (trial_dir / name).is_dir():
-                continue
-            iteration = int(row.get("iteration", 0))
-            if trial_dir.name not in best or iteration > best[trial_dir.name][0]:
-                best[trial_dir.name] = (iteration, trial_dir / name)
-    return {trial_id: path for trial_id, (_, path) in best.items()}
 
 
 def _trial_id(config: dict[str, Any]) -> str:
@@ -644,7 +700,7 @@ def _search_stage(run: Run, n_trials: int, fits: int) -> Sampled:
 
     study = run.study
     assert study.search is not None and run.space is not None
-    storage = journal_storage(run.run_dir / "optuna.journal")
+    storage = journal_storage(run.run_dir)
     searched = {
         int(r["trial_id"].removeprefix("search-")): r for r in ledger.records(run.run_dir) if r.get("phase") == "search"
     }
@@ -685,25 +741,27 @@ def _run_tuner(run: Run, stages: list[Stage], fits: int, progress: StudyProgress
     mode = "max" if run.higher_is_better else "min"
     callback = _tune_callback(run, progress)
     trainable = tune.with_resources(
-        run_trial, {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial}
+        trial_actor_class(study.name), {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial}
     )
+    storage_path, storage_filesystem = run.run_dir.tune_storage()
     tuner = tune.Tuner(
         trainable,
-        param_space={"run_dir": str(run.run_dir), "cpus": study.resources.cpus_per_trial},
+        param_space=trial_constants(run.run_dir, study),
         tune_config=tune.TuneConfig(
             search_alg=StudySearcher(stages, "val_metric", mode),
             scheduler=search_scheduler(study),
             metric="val_metric",
             mode=mode,
             num_samples=study.trial_count(),
-            reuse_actors=True,
+            reuse_actors=reuse_actors(run.address, study),
             max_concurrent_trials=fits,
             trial_name_creator=_trial_dirname,
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=f"study-{run.session}",
-            storage_path=str(run.run_dir / "ray"),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             verbose=0,
             callbacks=[callback, JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
@@ -723,7 +781,7 @@ def _run_tuner(run: Run, stages: list[Stage], fits: int, progress: StudyProgress
             provenance.record_phase(run.run_dir, phase, limit, reason, trials, last - first)
 
 
-def best_search_trials(run_dir: Path, study: Study, higher_is_better: bool) -> list[TrialSpec]:
+def best_search_trials(run_dir: RunStore, study: Study, higher_is_better: bool) -> list[TrialSpec]:
     """The ``confirm.top_k`` best search trials that completed their full budget, best first.
 
     Trials that stopped early are never ranked: their scores come from a shorter budget.
@@ -755,7 +813,7 @@ def _write_tables(run: Run) -> None:
     )
 
 
-def _write_report(run_dir: Path) -> None:
+def _write_report(run_dir: RunStore) -> None:
     """The offline HTML report, when the reports package is installed; its errors never fail the study."""
     try:
         from mmlo.reports.html import write_report

@@ -13,6 +13,7 @@ with a truncated score (ray#6056): TPE ranks them apart from trials that used th
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from mmlo.orchestrator.plan import (
     search_seed,
 )
 from mmlo.orchestrator.spec import SearchParam, SpecError, Study
+from mmlo.storage import RunStore
 
 if TYPE_CHECKING:
     import optuna
@@ -184,11 +186,56 @@ def _layer_count(study: Study) -> int:
     return len(defaults.hidden) if kind == "regression" else len(defaults.channels)
 
 
-def journal_storage(path: Path) -> optuna.storages.BaseStorage:
-    """Optuna's JournalStorage on one file (``optuna-dashboard <path>`` opens it)."""
+JOURNAL_FILE = "optuna.journal"
+JOURNAL_SEGMENTS = "optuna-journal"
+
+
+def journal_storage(store: RunStore) -> optuna.storages.BaseStorage:
+    """The search's Optuna storage in the run directory.
+
+    On a file system, Optuna's own journal file (``optuna-dashboard <run>/optuna.journal`` opens it). An
+    object store cannot append or lock, so there each batch of Optuna's log entries is its own object
+    (``optuna-journal/<n>.jsonl``, written whole before ``append_logs`` returns): a driver that crashes loses
+    nothing Optuna was told, and the segments, concatenated in order, are that same journal file.
+    """
     import optuna
 
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if store.is_local:
+        backend: Any = optuna.storages.journal.JournalFileBackend(store.path(JOURNAL_FILE))
+    else:
+        backend = _segment_backend(store)
+    return optuna.storages.JournalStorage(backend)
+
+
+def _segment_backend(store: RunStore) -> Any:
+    from optuna.storages.journal import BaseJournalBackend
+
+    class SegmentJournal(BaseJournalBackend):
+        """Optuna's journal as numbered objects; one writer (the driver holding the run) appends."""
+
+        def __init__(self) -> None:
+            self.logs: list[dict[str, Any]] | None = None
+
+        def _load(self) -> list[dict[str, Any]]:
+            if self.logs is None:
+                self.logs = []
+                for rel in store.list(JOURNAL_SEGMENTS):
+                    for line in (store.read_text(rel) or "").splitlines():
+                        if line.strip():
+                            self.logs.append(json.loads(line))
+            return self.logs
+
+        def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
+            return self._load()[log_number_from:]
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            known = self._load()
+            segment = len(store.list(JOURNAL_SEGMENTS))
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+            store.write_text(f"{JOURNAL_SEGMENTS}/{segment:08d}.jsonl", text)
+            known.extend(logs)
+
+    return SegmentJournal()
 
 
 def startup_trials(study: Study) -> int:

@@ -1,8 +1,8 @@
 """The Parquet tables of a run directory, with exactly the columns of the contract (documented in README.md).
 
 Tables are rebuilt from the ledger (:mod:`mmlo.orchestrator.ledger`) whenever a trial finishes and at the
-end of a study, each written atomically (temporary file + ``os.replace``): a reader, or a crash, never sees
-half a table. Rebuilding from the ledger rather than appending makes the tables idempotent: a resumed study
+end of a study, each written atomically into the run's store (:mod:`mmlo.storage`): a reader, or a
+crash, never sees half a table. Rebuilding from the ledger rather than appending makes the tables idempotent: a resumed study
 writes the same rows once, whatever happened before.
 
 - ``trials.parquet``: one row per finished trial (``completed``, ``stopped_early`` or ``failed``) with one
@@ -25,6 +25,7 @@ import polars as pl
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator import ledger
 from mmlo.orchestrator.plan import encode_value
+from mmlo.storage import RunStore, write_parquet
 
 TRIALS_FILE = "trials.parquet"
 PROGRESS_FILE = "progress.parquet"
@@ -57,6 +58,10 @@ TRIAL_COLUMNS: dict[str, pl.DataType] = {
     "val_metric": pl.Float64(),
     "peak_memory_mb": pl.Float64(),
     "allocator": pl.String(),
+    "node_hostname": pl.String(),
+    "node_ip": pl.String(),
+    "device": pl.String(),
+    "peak_gpu_memory_mb": pl.Float64(),
 }
 
 EPISODE_COLUMNS: dict[str, pl.DataType] = {
@@ -156,40 +161,47 @@ def _order(record: dict[str, Any]) -> tuple[int, str]:
     return PHASE_ORDER.get(str(record.get("phase")), 9), str(record["trial_id"])
 
 
-def _concat(paths: Sequence[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    frames = [pl.read_parquet(p).select([pl.col(c).cast(t) for c, t in schema.items()]) for p in paths]
+def _concat(store: RunStore, files: Sequence[str], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    frames = []
+    for rel in files:
+        frame = ledger.read_table(store, rel)
+        if frame is not None:
+            frames.append(frame.select([pl.col(c).cast(t) for c, t in schema.items()]))
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
 
 
 def build_tables(
-    run_dir: Path, study: str, modes: Sequence[str], *, transference: bool
+    run_dir: RunStore | Path | str, study: str, modes: Sequence[str], *, transference: bool
 ) -> dict[str, pl.DataFrame]:
     """The tables of a run directory, from its ledger (file name -> frame)."""
-    every = sorted(ledger.records(run_dir), key=_order)
+    store = RunStore.open(run_dir)
+    every = sorted(ledger.records(store), key=_order)
     final = [r for r in every if r.get("state") in ledger.FINAL_STATES]
     completed = {r["trial_id"] for r in final if r["state"] == "completed"}
     progress_rows = [
         {**{k: record.get(k) for k in ID_COLUMNS}, "study": study, **row}
         for record in every
-        for row in ledger.read_progress(run_dir, record["trial_id"])
+        for row in ledger.read_progress(store, record["trial_id"])
     ]
     tables = {
         TRIALS_FILE: _frame([{**r, "study": study} for r in final], trials_schema()),
         PROGRESS_FILE: _frame(progress_rows, progress_schema(modes)),
         EPISODES_FILE: _concat(
-            [p for p in ledger.episode_files(run_dir) if p.parent.name in completed], EPISODE_COLUMNS
+            store, [f for f in ledger.episode_files(store) if f.split("/")[1] in completed], EPISODE_COLUMNS
         ),
     }
     if transference:
-        tables[TRANSFERENCE_FILE] = _concat(ledger.transference_files(run_dir), TRANSFERENCE_COLUMNS)
+        tables[TRANSFERENCE_FILE] = _concat(store, ledger.transference_files(store), TRANSFERENCE_COLUMNS)
     return tables
 
 
-def write_tables(run_dir: Path, study: str, modes: Sequence[str], *, transference: bool) -> dict[str, Path]:
-    """Rebuild and atomically replace every table; returns their paths."""
+def write_tables(
+    run_dir: RunStore | Path | str, study: str, modes: Sequence[str], *, transference: bool
+) -> dict[str, str]:
+    """Rebuild and atomically replace every table; returns where each one is (as a user reads it)."""
+    store = RunStore.open(run_dir)
     paths = {}
-    for name, frame in build_tables(run_dir, study, modes, transference=transference).items():
-        path = Path(run_dir) / name
-        ledger.atomic_write_parquet(frame, path)
-        paths[name] = path
+    for name, frame in build_tables(store, study, modes, transference=transference).items():
+        write_parquet(store, name, frame)
+        paths[name] = store.where(name)
     return paths

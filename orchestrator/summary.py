@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from mmlo.orchestrator.spec import SearchParam, Study
+from mmlo.storage import join_location, shown
 
 
 def local_concurrency(study: Study, cpus: float | None = None, gpus: float | None = None) -> tuple[int, str]:
@@ -48,7 +49,7 @@ def summarize(study: Study, file: Path | str) -> str:
         f"  budget     {budget.iterations} iterations, validate every {budget.val_interval} "
         f"({budget.val_episodes} episodes/mode), test {budget.eval_episodes} episodes/mode",
         f"  seeds      {study.seeds}   phases: {', '.join(study.resolved_phases)}",
-        f"  output     {study.output / study.name}",
+        f"  output     {shown(join_location(study.output, study.name))}",
     ]
     if study.arms:
         lines.append(f"  arms ({len(study.arms)}), baseline {study.baseline_arm}:")

@@ -1,7 +1,12 @@
 """The Tune function trainable: one trial is one call of :func:`mmlo.models.training.fit` in a Ray worker.
 
-This is the one module that reports to Ray (ray#49454: reporting APIs churn). It
+This is the one module that reports to Ray (ray#49454: reporting APIs churn). A trial may run on any node of
+a cluster, which shares no file system with the driver: everything it needs comes in its Tune config (the
+resolved spec, the run directory's location) or from the run's store, and everything it writes goes there. It
 
+- checks (and on first use prepares) the benchmark's data on its own node, and fails at once, naming the
+  node and the missing path, when the data is not there;
+- records the node it ran on, its device (CPU or the GPU Ray gave it) and the GPU's peak memory;
 - sets torch's thread count to the trial's CPU share and trains on CUDA when the worker has a GPU;
 - resumes from ``tune.get_checkpoint()`` (a Tune retry) or from the checkpoint the driver found for an
   interrupted trial of an earlier session;
@@ -19,22 +24,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator import ledger, sink
 from mmlo.orchestrator.plan import TrialSpec, measures_transference, search_trial
 from mmlo.orchestrator.search import NUMBER_KEY
 from mmlo.orchestrator.spec import Study, parse_study
+from mmlo.storage import RunStore
 from mmlo.tasks.base import Benchmark
 
 FAIL_ARM_ENV = "MMLO_FAIL_ARM"
-SPEC_FILE = "spec.yaml"
 
 #: A reused actor runs many trials of one study: the benchmark (its image banks) is built once per worker.
 _benchmarks: dict[str, Benchmark] = {}
@@ -44,10 +48,38 @@ class DeliberateFailure(RuntimeError):
     """Raised for the arm named by ``MMLO_FAIL_ARM`` (fault-handling tests)."""
 
 
-def load_resolved_study(run_dir: Path) -> Study:
-    """The run directory's resolved spec (``spec.yaml``), the one every trial of the run trains from."""
-    path = Path(run_dir) / SPEC_FILE
-    return parse_study(yaml.safe_load(path.read_text(encoding="utf-8")), path)
+def trial_constants(run_dir: RunStore, study: Study) -> dict[str, Any]:
+    """What every trial's Tune config carries: where the run directory is and the resolved spec itself (a
+    trial on another node cannot read the driver's files)."""
+    return {"run_dir": run_dir.uri, "spec": study.model_dump(mode="json"), "cpus": study.resources.cpus_per_trial}
+
+
+def trial_actor_class(study_name: str) -> type:
+    """The Tune trainable: :func:`run_trial` in an actor whose name (Ray's dashboard, ``ray list actors``)
+    is ``mmlo <study>/<trial id>``. Ray reads an actor's name once, when it starts: see :func:`reuse_actors`."""
+    from ray.tune.trainable import wrap_function
+
+    base: Any = wrap_function(run_trial)
+
+    class MmloTrial(base):  # type: ignore[misc, valid-type]
+        _name = "mmlo_trial"
+
+        def __repr__(self) -> str:
+            return f"mmlo {study_name}/{self.trial_name}"
+
+    return MmloTrial
+
+
+def reuse_actors(address: str | None, study: Study) -> bool:
+    """Whether one actor runs trial after trial (on this machine: saves ~2 s of start-up and the torch
+    import per trial) or each trial gets its own (on a cluster, and with GPUs: each actor then carries its
+    trial's name in the dashboard, and a trial's GPU memory is returned to the device when it ends)."""
+    return address is None and study.resources.gpus_per_trial == 0
+
+
+def load_resolved_study(config: dict[str, Any]) -> Study:
+    """The resolved spec a trial's Tune config carries, the one every trial of the run trains from."""
+    return parse_study(config["spec"], "the study's resolved spec")
 
 
 def trial_from_config(study: Study, config: dict[str, Any]) -> TrialSpec:
@@ -59,13 +91,42 @@ def trial_from_config(study: Study, config: dict[str, Any]) -> TrialSpec:
     return TrialSpec.from_json(config["trial"])
 
 
-def _benchmark(study: Study) -> Benchmark:
-    from mmlo.tasks.registry import get_benchmark
+def node() -> dict[str, str]:
+    """The node a trial runs on: its host name and the IP address Ray knows it by."""
+    try:
+        import ray.util
+
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside Ray (tests, the Ray-free entry point): the host's own
+        ip = socket.gethostbyname(socket.gethostname())
+    return {"node_hostname": socket.gethostname(), "node_ip": ip}
+
+
+def _benchmark(study: Study, where: dict[str, str]) -> Benchmark:
+    """The study's benchmark on this node: its data prepared here on first use, then built once per worker."""
+    from mmlo.tasks.errors import DataMissingError
+    from mmlo.tasks.registry import get_benchmark, prepare_here
 
     key = study.benchmark.model_dump_json()
     if key not in _benchmarks:
-        _benchmarks[key] = get_benchmark(study.benchmark)
+        try:
+            prepare_here(study.benchmark)
+            _benchmarks[key] = get_benchmark(study.benchmark)
+        except DataMissingError as err:
+            raise DataMissingError(f"on node {where['node_hostname']} ({where['node_ip']}): {err}") from None
     return _benchmarks[key]
+
+
+def device_record(device: Any) -> dict[str, Any]:
+    """The device a trial trained on and, on a GPU, its peak memory (MiB) as torch counted it."""
+    import torch
+
+    if device.type != "cuda":
+        return {"device": "cpu", "peak_gpu_memory_mb": None}
+    return {
+        "device": torch.cuda.get_device_name(device),
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+    }
 
 
 def failure_reason(err: BaseException) -> str:
@@ -138,27 +199,34 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
-    run_dir = Path(config["run_dir"])
-    study = load_resolved_study(run_dir)
+    run_dir = RunStore.open(config["run_dir"])
+    study = load_resolved_study(config)
     spec = trial_from_config(study, config)
     ids = {"study": study.name, "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
-    record: dict[str, Any] = {**ids, "state": "running", "budget_iterations": spec.iterations, "spec": spec.to_json()}
+    where = node()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    record: dict[str, Any] = {
+        **ids,
+        "state": "running",
+        "budget_iterations": spec.iterations,
+        "spec": spec.to_json(),
+        **where,
+        **device_record(device),
+    }
     started = time.perf_counter()
     try:
         learner_cfg, train_cfg = spec.learner_config(study), spec.train_config(study)
-        benchmark = _benchmark(study)
-        record = base_record(spec, study, learner_cfg, train_cfg, benchmark)
-        checkpoint = tune.get_checkpoint()
-        resume_from = Path(checkpoint.path) if checkpoint is not None else None
-        if resume_from is None and config.get("trial", {}).get("resume_from"):
-            resume_from = Path(config["trial"]["resume_from"])
-        resumed_at = _checkpoint_iteration(resume_from) if resume_from is not None else 0
-        ledger.rewind(run_dir, spec.trial_id, resumed_at)
-        record["iterations_done"] = resumed_at
-        ledger.write_record(run_dir, record)
-        if os.environ.get(FAIL_ARM_ENV) == spec.arm:
-            raise DeliberateFailure(f"{FAIL_ARM_ENV}={spec.arm} asks this arm's trials to fail")
-        _train(study, run_dir, spec, ids, record, (learner_cfg, train_cfg), benchmark, resume_from)
+        benchmark = _benchmark(study, where)
+        record = {**base_record(spec, study, learner_cfg, train_cfg, benchmark), **where, **device_record(device)}
+        with tempfile.TemporaryDirectory(prefix=f"mmlo-{spec.trial_id}-resume-") as scratch:
+            resume_from = _resume_point(tune.get_checkpoint(), config, run_dir, Path(scratch))
+            resumed_at = _checkpoint_iteration(resume_from) if resume_from is not None else 0
+            ledger.rewind(run_dir, spec.trial_id, resumed_at)
+            record["iterations_done"] = resumed_at
+            ledger.write_record(run_dir, record)
+            if os.environ.get(FAIL_ARM_ENV) == spec.arm:
+                raise DeliberateFailure(f"{FAIL_ARM_ENV}={spec.arm} asks this arm's trials to fail")
+            _train(study, run_dir, spec, ids, record, (learner_cfg, train_cfg), benchmark, resume_from, device)
     except Exception as err:
         record.update(
             {
@@ -172,6 +240,17 @@ def run_trial(config: dict[str, Any]) -> None:
         raise
 
 
+def _resume_point(checkpoint: Any, config: dict[str, Any], run_dir: RunStore, scratch: Path) -> Path | None:
+    """The checkpoint to resume from, copied to this node: Tune's own (a retry of this trial) or the one the
+    driver found in the run directory for a trial an earlier session left unfinished."""
+    if checkpoint is not None:
+        return Path(checkpoint.to_directory(str(scratch / "tune")))
+    found = config.get("trial", {}).get("resume_from")
+    if not found:
+        return None
+    return run_dir.download_dir(found, scratch / "run") if not run_dir.is_local else Path(run_dir.path(found))
+
+
 def _checkpoint_iteration(directory: Path) -> int:
     import torch
 
@@ -182,13 +261,14 @@ def _checkpoint_iteration(directory: Path) -> int:
 
 def _train(
     study: Study,
-    run_dir: Path,
+    run_dir: RunStore,
     spec: TrialSpec,
     ids: dict[str, Any],
     record: dict[str, Any],
     configs: tuple[LearnerConfig, TrainConfig],
     benchmark: Benchmark,
     resume_from: Path | None,
+    device: Any,
 ) -> None:
     import torch
     from ray import tune
@@ -214,7 +294,8 @@ def _train(
             return
         _report(tune, metrics, checkpoint)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix=f"mmlo-{spec.trial_id}-") as scratch:
         result = fit(
             learner_cfg,
@@ -224,7 +305,7 @@ def _train(
             checkpoint_dir=Path(scratch),
             resume_from=resume_from,
             hooks=[hook] if hook is not None else (),
-            device=device,
+            device=str(device),
         )
         ledger.write_episodes(run_dir, spec.trial_id, sink.episodes_frame(result.episodes, ids))
         record.update(
@@ -236,6 +317,7 @@ def _train(
                 **{f"params_{k}": v for k, v in result.parameter_counts.items()},
                 "val_metric": result.final_val_metric,
                 "peak_memory_mb": result.peak_memory_mb,
+                **device_record(device),
                 "updated": time.time(),
             }
         )

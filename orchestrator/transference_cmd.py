@@ -13,7 +13,6 @@ of the tables from the ledger keeps them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,11 @@ import polars as pl
 from mmlo.models.config import LearnerConfig
 from mmlo.orchestrator import ledger, sink
 from mmlo.orchestrator.errors import UserError
+from mmlo.orchestrator.checkpoints import local_copy, trial_checkpoints
 from mmlo.orchestrator.plan import TrialSpec
-from mmlo.orchestrator.spec import Transference
-from mmlo.orchestrator.trainable import SPEC_FILE, load_resolved_study
+from mmlo.orchestrator.results import open_run
+from mmlo.orchestrator.spec import Transference, parse_study
+from mmlo.storage import SPEC_FILE, RunStore, read_parquet, write_parquet
 
 #: The columns that identify one measured pair; a new measurement of the same pair replaces the old row.
 ROW_KEY = (
@@ -39,44 +40,19 @@ ROW_KEY = (
 )
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A checkpoint directory written by :func:`mmlo.models.training.fit` and the iteration it holds."""
-
-    path: Path
-    iteration: int
-
-
-def trial_checkpoints(run_dir: Path, trial_id: str) -> list[Checkpoint]:
-    """Every checkpoint of a trial under Tune's storage ``<run>/ray/<experiment>/<trial_id>/``, by iteration.
-
-    Tune keeps the newest few per session; a trial resumed in a later session has a folder in each
-    experiment, and a checkpoint iteration found twice keeps the newest file.
-    """
-    import torch
-
-    from mmlo.models.training import CHECKPOINT_FILE, load_checkpoint
-
-    found: dict[int, Path] = {}
-    states = (Path(run_dir) / "ray").glob(f"*/{trial_id}/checkpoint_*/{CHECKPOINT_FILE}")
-    for state in sorted(states, key=lambda p: p.stat().st_mtime):
-        iteration = int(load_checkpoint(state.parent, torch.device("cpu"))["iteration"])
-        found[iteration] = state.parent
-    return [Checkpoint(found[i], i) for i in sorted(found)]
-
-
-def _pick(checkpoints: list[Checkpoint], trial_id: str, iteration: int | None) -> Checkpoint:
+def _pick(checkpoints: dict[int, str], trial_id: str, iteration: int | None) -> tuple[int, str]:
+    """(iteration, folder) of the chosen checkpoint: the one at ``iteration``, else the newest."""
     if not checkpoints:
         raise UserError(
             f"trial {trial_id} has no checkpoint under ray/ (a trial checkpoints at every "
             "budget.checkpoint_every-th validation; Tune keeps the newest two)"
         )
     if iteration is None:
-        return checkpoints[-1]
-    for candidate in checkpoints:
-        if candidate.iteration == iteration:
-            return candidate
-    have = ", ".join(str(c.iteration) for c in checkpoints)
+        newest = max(checkpoints)
+        return newest, checkpoints[newest]
+    if iteration in checkpoints:
+        return iteration, checkpoints[iteration]
+    have = ", ".join(str(i) for i in checkpoints)
     raise UserError(f"trial {trial_id} has no checkpoint at iteration {iteration}; it has: {have}")
 
 
@@ -92,23 +68,22 @@ def merge_rows(existing: pl.DataFrame | None, new: pl.DataFrame) -> pl.DataFrame
     return pl.concat([kept, new], how="vertical")
 
 
-def _merge_into(path: Path, new: pl.DataFrame) -> None:
-    existing = pl.read_parquet(path) if path.exists() else None
-    ledger.atomic_write_parquet(merge_rows(existing, new), path)
+def _merge_into(store: RunStore, rel: str, new: pl.DataFrame) -> None:
+    write_parquet(store, rel, merge_rows(read_parquet(store, rel), new))
 
 
 def measure_checkpoint(
-    run_dir: Path,
+    run_dir: RunStore | Path | str,
     *,
     trial: str,
     checkpoint: int | None = None,
     sources: int | None = None,
     targets: int | None = None,
-) -> Path:
+) -> str:
     """Measure transference of ``trial``'s checkpoint at iteration ``checkpoint`` (default: its newest).
 
     ``sources``/``targets`` are tasks per mode (default: the study's transference block, else 10 and 2).
-    Prints a per (source mode, target mode) summary and returns the path of ``transference.parquet``.
+    Prints a per (source mode, target mode) summary and returns where ``transference.parquet`` is.
     """
     import torch
 
@@ -117,23 +92,22 @@ def measure_checkpoint(
     from mmlo.models.transference import make_transference_hook, summarise
     from mmlo.tasks.registry import get_benchmark
 
-    run_dir = Path(run_dir).expanduser().resolve()
-    if not (run_dir / SPEC_FILE).is_file():
-        raise UserError(f"{run_dir} is not a run directory: it has no {SPEC_FILE} (run `mmlo study` first)")
-    study = load_resolved_study(run_dir)
-    record = ledger.read_record(run_dir, trial)
+    store, resolved = open_run(run_dir)
+    study = parse_study(resolved, store.where(SPEC_FILE))
+    record = ledger.read_record(store, trial)
     if record is None:
-        known = ", ".join(r["trial_id"] for r in ledger.records(run_dir)) or "none"
-        raise UserError(f"no trial '{trial}' in {run_dir}; trials: {known}")
+        known = ", ".join(r["trial_id"] for r in ledger.records(store)) or "none"
+        raise UserError(f"no trial '{trial}' in {store}; trials: {known}")
     spec = TrialSpec.from_json(record["spec"])
-    chosen = _pick(trial_checkpoints(run_dir, trial), trial, checkpoint)
-    payload = load_checkpoint(chosen.path, torch.device("cpu"))
+    iteration, folder = _pick(trial_checkpoints(store).get(trial, {}), trial, checkpoint)
+    with local_copy(store, folder) as local:
+        payload = load_checkpoint(local, torch.device("cpu"))
     learner_cfg = LearnerConfig.model_validate_json(payload["learner_config"])
     train_cfg = spec.train_config(study)
     benchmark = get_benchmark(study.benchmark)
     if payload["benchmark"] != benchmark.fingerprint():
         raise UserError(
-            f"checkpoint {chosen.path} was trained on benchmark {payload['benchmark']}, but the run's spec "
+            f"checkpoint {store.where(folder)} was trained on benchmark {payload['benchmark']}, but the run's spec "
             f"builds {benchmark.fingerprint()} (was the data rebuilt?)"
         )
     learner = build_learner(learner_cfg, benchmark)
@@ -148,9 +122,9 @@ def measure_checkpoint(
         target_split=block.target_split,
         alpha=block.alpha,
         neutral_band=block.neutral_band,
-        at=[chosen.iteration],
+        at=[iteration],
     )
-    hook(chosen.iteration, learner, benchmark)
+    hook(iteration, learner, benchmark)
     ids: dict[str, Any] = {
         "study": study.name,
         "phase": record["phase"],
@@ -159,12 +133,12 @@ def measure_checkpoint(
         "seed": record["seed"],
     }
     frame = sink.transference_frame(hook.rows, ids)
-    part = ledger.trial_dir(run_dir, trial) / f"{ledger.TRANSFERENCE_PREFIX}{chosen.iteration:08d}.parquet"
-    _merge_into(part, frame)
-    table = run_dir / sink.TRANSFERENCE_FILE
-    _merge_into(table, frame)
+    part = f"{ledger.trial_dir(store, trial)}/{ledger.TRANSFERENCE_PREFIX}{iteration:08d}.parquet"
+    _merge_into(store, part, frame)
+    _merge_into(store, sink.TRANSFERENCE_FILE, frame)
+    table = store.where(sink.TRANSFERENCE_FILE)
     print(
-        f"transference: trial {trial} at iteration {chosen.iteration}, {hook.sources.num_tasks} sources x "
+        f"transference: trial {trial} at iteration {iteration}, {hook.sources.num_tasks} sources x "
         f"{hook.targets.num_tasks} targets, alpha {hook.alpha:g}, {hook.seconds:.1f} s -> {table}"
     )
     for row in summarise(hook.rows):

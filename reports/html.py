@@ -12,8 +12,6 @@ import functools
 import html
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +20,7 @@ from typing import Any
 
 import altair as alt
 import polars as pl
+from mmlo.storage import REPORT_FILE, RunStore
 from mmlo.reports import charts, tables
 from mmlo.reports.errors import ReportError
 from mmlo.reports.rundir import TABLE_PHASES, RunData, load_run
@@ -221,7 +220,7 @@ def _header(run: RunData) -> str:
         end = _when(finished) if finished else "not finished"
         facts.append(("date", _e(f"{_when(started) if started else '?'} → {end}")))
     else:
-        stamp = datetime.fromtimestamp((run.run_dir / "trials.parquet").stat().st_mtime, tz=UTC)
+        stamp = datetime.fromtimestamp(run.store.mtime("trials.parquet") or 0.0, tz=UTC)
         facts.append(("date", _e(f"results written {stamp:%Y-%m-%d %H:%M} UTC")))
     wall = _lookup(prov, "wall_seconds", "wall_s", "duration_s")
     if wall is not None:
@@ -256,8 +255,8 @@ def _header(run: RunData) -> str:
     ray_url = _lookup(prov, "ray.dashboard_url", "ray_dashboard_url", "dashboard_url", "ray_dashboard")
     if isinstance(ray_url, str) and ray_url.startswith(("http://", "https://")):
         dashboards.append(f'Ray dashboard (while the study ran): <a href="{_e(ray_url)}">{_e(ray_url)}</a>')
-    journal = run.run_dir / "optuna.journal"
-    if journal.exists():
+    journal = run.store.where("optuna.journal")
+    if run.store.is_local and run.store.exists("optuna.journal"):
         dashboards.append(
             f"Optuna: <code>optuna-dashboard {_e(journal)}</code> (needs <code>pip install 'mmlo[dashboard]'</code>)"
         )
@@ -675,20 +674,9 @@ def render_html(run: RunData, sections: Sequence[Section]) -> tuple[str, dict[st
     return document, specs
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp creates owner-only files; a report is meant to be shared like any file the user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_file(path: Path, data: bytes) -> None:
+    """A local file, written atomically by the run directory's own writer."""
+    RunStore.open(path.parent).write_bytes(path.name, data)
 
 
 def write_pngs(specs: Mapping[str, dict[str, Any]], png_dir: Path, scale: float = 2.0) -> list[Path]:
@@ -701,21 +689,30 @@ def write_pngs(specs: Mapping[str, dict[str, Any]], png_dir: Path, scale: float 
     paths = []
     for chart_id, spec in specs.items():
         path = png_dir / f"{chart_id.removeprefix('chart-')}.png"
-        _write_atomically(path, vl_convert.vegalite_to_png(spec, vl_version=version, scale=scale))
+        _write_file(path, vl_convert.vegalite_to_png(spec, vl_version=version, scale=scale))
         paths.append(path)
     return paths
 
 
-def write_report(run_dir: Path, out: Path | None = None, png_dir: Path | None = None) -> Path:
-    """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); return its path.
+def write_report(
+    run_dir: RunStore | Path | str, out: Path | None = None, png_dir: Path | None = None
+) -> str:
+    """Write the report of ``run_dir`` (a local path or a storage URI) to ``out`` (a local file; default
+    ``report.html`` in the run directory); return where it is, as a user reads it.
 
     Raises ReportError when the run directory is missing, is not a run directory, or has no finished trial.
     """
     run = load_run(run_dir)
     document, specs = render_html(run, build_sections(run))
-    target = (Path(out).expanduser() if out is not None else run.run_dir / "report.html").resolve()
+    data = document.encode("utf-8")
     try:
-        _write_atomically(target, document.encode("utf-8"))
+        if out is None:
+            run.store.write_bytes(REPORT_FILE, data)
+            target = run.store.where(REPORT_FILE)
+        else:
+            path = Path(out).expanduser().resolve()
+            _write_file(path, data)
+            target = str(path)
         if png_dir is not None:
             write_pngs(specs, Path(png_dir).expanduser().resolve())
     except OSError as err:

@@ -16,6 +16,8 @@ from typing import Any
 
 import polars as pl
 import yaml
+
+from mmlo.storage import PROVENANCE_FILE, SPEC_FILE, RunStore, StorageError, read_parquet
 from mmlo.reports.errors import ReportError
 
 #: Phases whose trials are rows of the ablation table (confirm re-runs the best search configurations).
@@ -26,7 +28,7 @@ TABLE_PHASES = ("ablation", "confirm")
 class RunData:
     """Everything the report reads from one run directory, with the derived orderings."""
 
-    run_dir: Path
+    store: RunStore
     spec: dict[str, Any]
     provenance: dict[str, Any]
     trials: pl.DataFrame
@@ -39,8 +41,13 @@ class RunData:
     baseline: str | None
 
     @property
+    def run_dir(self) -> str:
+        """Where the run directory is, as a user reads it (a local path or a storage URI)."""
+        return self.store.where()
+
+    @property
     def study_name(self) -> str:
-        return str(self.spec.get("name") or self.run_dir.name)
+        return str(self.spec.get("name") or self.store.name)
 
     @property
     def higher_is_better(self) -> bool:
@@ -60,13 +67,13 @@ class RunData:
         return [name for name in (search.get("space") or {}) if f"cfg_{name}" in self.trials.columns]
 
 
-def _read_table(path: Path) -> pl.DataFrame | None:
-    if not path.exists():
-        return None
+def _read_table(store: RunStore, name: str) -> pl.DataFrame | None:
     try:
-        return pl.read_parquet(path)
+        return read_parquet(store, name)  # type: ignore[no-any-return]
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ReportError(f"{path}: cannot read this Parquet table ({err}); re-run `mmlo study --resume`") from None
+        raise ReportError(
+            f"{store.where(name)}: cannot read this Parquet table ({err}); re-run `mmlo study --resume`"
+        ) from None
 
 
 def _ordered(preferred: Sequence[str], present: Sequence[str]) -> tuple[str, ...]:
@@ -101,34 +108,38 @@ def _modes(
     return _ordered([str(m) for m in declared], present) if present else tuple(str(m) for m in declared)
 
 
-def load_run(run_dir: Path | str) -> RunData:
-    """Read a run directory; raise ReportError naming what is missing when it cannot be reported on."""
-    run_dir = Path(run_dir).expanduser().resolve()
-    if not run_dir.is_dir():
+def load_run(run_dir: RunStore | Path | str) -> RunData:
+    """Read a run directory (a local path or a storage URI); raise ReportError naming what is missing when it
+    cannot be reported on."""
+    try:
+        store = RunStore.open(run_dir)
+        store.check_reachable()
+    except StorageError as err:
+        raise ReportError(str(err)) from None
+    if not store.is_dir():
         raise ReportError(
-            f"{run_dir}: no such run directory (a run directory is <output>/<study name>, written by `mmlo study`)"
+            f"{store}: no such run directory (a run directory is <output>/<study name>, written by `mmlo study`)"
         )
-    spec_path = run_dir / "spec.yaml"
-    if not spec_path.exists():
-        raise ReportError(f"{run_dir}: not a run directory (no spec.yaml); give the folder `mmlo study` wrote")
+    spec_text = store.read_text(SPEC_FILE)
+    if spec_text is None:
+        raise ReportError(f"{store}: not a run directory (no {SPEC_FILE}); give the folder `mmlo study` wrote")
     try:
-        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+        spec = yaml.safe_load(spec_text) or {}
     except yaml.YAMLError as err:
-        raise ReportError(f"{spec_path}: unreadable resolved spec ({err})") from None
-    provenance_path = run_dir / "provenance.json"
+        raise ReportError(f"{store.where(SPEC_FILE)}: unreadable resolved spec ({err})") from None
     try:
-        provenance = json.loads(provenance_path.read_text(encoding="utf-8")) if provenance_path.exists() else {}
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{provenance_path}: unreadable provenance record ({err})") from None
-    trials = _read_table(run_dir / "trials.parquet")
+        provenance = store.read_json(PROVENANCE_FILE) or {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportError(f"{store.where(PROVENANCE_FILE)}: unreadable provenance record ({err})") from None
+    trials = _read_table(store, "trials.parquet")
     if trials is None or trials.height == 0:
         raise ReportError(
-            f"{run_dir}: no finished trials yet (trials.parquet is missing or empty); "
-            f"`mmlo status {run_dir}` shows progress, `mmlo study FILE --resume` finishes the study"
+            f"{store}: no finished trials yet (trials.parquet is missing or empty); "
+            f"`mmlo status {store}` shows progress, `mmlo study FILE --resume` finishes the study"
         )
-    progress = _read_table(run_dir / "progress.parquet")
-    episodes = _read_table(run_dir / "episodes.parquet")
-    transference = _read_table(run_dir / "transference.parquet")
+    progress = _read_table(store, "progress.parquet")
+    episodes = _read_table(store, "episodes.parquet")
+    transference = _read_table(store, "transference.parquet")
     progress = progress if progress is not None and progress.height else None
     episodes = episodes if episodes is not None and episodes.height else None
     transference = transference if transference is not None and transference.height else None
@@ -140,7 +151,7 @@ def load_run(run_dir: Path | str) -> RunData:
     if baseline not in arms:
         baseline = arms[0] if arms else None
     return RunData(
-        run_dir=run_dir,
+        store=store,
         spec=spec,
         provenance=provenance,
         trials=trials,

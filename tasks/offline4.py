@@ -310,6 +310,21 @@ def prepare(cfg: BenchmarkConfig, progress: Progress | None = None, *, workers: 
     ]
 
 
+def prepare_here(cfg: BenchmarkConfig) -> None:
+    """Every bank ``cfg`` needs, found in this machine's cache or rendered there on one CPU (a trial's node)."""
+    for mode in selected_modes(cfg):
+        for split in SPLITS:
+            ensure_bank(
+                mode,
+                split,
+                image_size=cfg.image_size,
+                samples_per_class=cfg.samples_per_class,
+                max_classes=cfg.max_classes,
+                cache_dir=cfg.cache_dir,
+                workers=1,
+            )
+
+
 def class_counts(max_classes: int | None = None) -> dict[str, dict[Split, int]]:
     """Classes per mode and split (capped by ``max_classes``)."""
     index = load_index()

@@ -22,23 +22,33 @@ REAL_DATASETS: tuple[str, ...] = ("omniglot", "miniimagenet", "fc100", "cifarfs"
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered benchmark: its kind, its modes, and the ``module:function`` that builds it."""
+    """A registered benchmark: its kind, its modes, the ``module:function`` that builds it, and the one that
+    prepares its data on a machine (None: nothing to prepare)."""
 
     kind: Kind
     modes: tuple[str, ...]
     builder: str
+    preparer: str | None = None
 
 
 _ENTRIES: dict[str, Entry] = {
     **{name: Entry("regression", modes, "mmlo.tasks.regression:build") for name, modes in REGRESSION_MODES.items()},
-    "offline4": Entry("classification", ("glyphs", "emoji", "icons", "textures"), "mmlo.tasks.offline4:build"),
-    "mm2": Entry("classification", ("omniglot", "miniimagenet"), "mmlo.tasks.real:build"),
-    "mm2b": Entry("classification", ("miniimagenet", "fc100"), "mmlo.tasks.real:build"),
-    "mm3": Entry("classification", ("omniglot", "miniimagenet", "fc100"), "mmlo.tasks.real:build"),
-    "mm5": Entry("classification", ("omniglot", "miniimagenet", "fc100", "cub", "aircraft"), "mmlo.tasks.real:build"),
-    **{name: Entry("classification", (name,), "mmlo.tasks.real:build") for name in REAL_DATASETS},
-    "cifarfs": Entry("classification", ("cifarfs",), "mmlo.tasks.real:build"),
-    "folder": Entry("classification", ("folder",), "mmlo.tasks.real:build"),
+    "offline4": Entry(
+        "classification",
+        ("glyphs", "emoji", "icons", "textures"),
+        "mmlo.tasks.offline4:build",
+        "mmlo.tasks.offline4:prepare_here",
+    ),
+    **{
+        name: Entry("classification", modes, "mmlo.tasks.real:build", "mmlo.tasks.real:prepare")
+        for name, modes in {
+            "mm2": ("omniglot", "miniimagenet"),
+            "mm2b": ("miniimagenet", "fc100"),
+            "mm3": ("omniglot", "miniimagenet", "fc100"),
+            "mm5": ("omniglot", "miniimagenet", "fc100", "cub", "aircraft"),
+            **{name: (name,) for name in REAL_DATASETS},
+        }.items()
+    },
 }
 
 
@@ -62,6 +72,27 @@ def benchmark_modes(name: str) -> tuple[str, ...]:
 def benchmark_kind(name: str) -> Kind:
     """'classification' or 'regression', without building data."""
     return _entry(name).kind
+
+
+def prepare_here(cfg: BenchmarkConfig) -> None:
+    """Make ``cfg``'s data ready on this machine (a trial's node), on one CPU; a no-op once it is.
+
+    Trials that start together on one node take turns (a lock in the data cache): the first renders or
+    resizes, the others then find the cache. Raises ``DataMissingError`` naming what is missing.
+    """
+    import fcntl
+
+    entry = _entry(cfg.name)
+    if entry.preparer is None:
+        return
+    from mmlo.tasks.offline4 import cache_root
+
+    lock = cache_root(cfg.cache_dir) / f".prepare-{cfg.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    module_name, function = entry.preparer.split(":")
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        getattr(importlib.import_module(module_name), function)(cfg)
 
 
 def get_benchmark(cfg: BenchmarkConfig) -> Benchmark:

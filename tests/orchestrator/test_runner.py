@@ -14,11 +14,12 @@ from mmlo.orchestrator.runner import (
     announce_when_up,
     best_search_trials,
     finalize_record,
-    latest_checkpoints,
     run_study,
     spec_changes,
 )
+from mmlo.orchestrator.checkpoints import latest_checkpoints
 from mmlo.orchestrator.spec import dump_study, parse_study
+from mmlo.storage import RunStore
 
 SPEC: dict[str, Any] = {
     "name": "r",
@@ -89,10 +90,11 @@ def write_result_lines(trial_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def test_latest_checkpoint_is_the_newest_confirmed_one(tmp_path: Path) -> None:
     # across sessions, the checkpoint of the highest iteration whose result line names it and that exists
-    first = tmp_path / "ablation-1" / "ablation-00-s0"
+    first = tmp_path / "ray" / "study-1" / "ablation-00-s0"
     write_result_lines(first, [{"iteration": 5, "checkpoint_dir_name": "checkpoint_000000"}])
     (first / "checkpoint_000000").mkdir()
-    second = tmp_path / "ablation-2" / "ablation-00-s0"
+    (first / "checkpoint_000000" / "checkpoint.pt").write_bytes(b"")
+    second = tmp_path / "ray" / "study-2" / "ablation-00-s0"
     write_result_lines(
         second,
         [
@@ -101,7 +103,9 @@ def test_latest_checkpoint_is_the_newest_confirmed_one(tmp_path: Path) -> None:
         ],
     )
     (second / "checkpoint_000001").mkdir()
-    assert latest_checkpoints(tmp_path) == {"ablation-00-s0": second / "checkpoint_000001"}
+    (second / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"")
+    found = latest_checkpoints(RunStore.open(tmp_path))
+    assert found == {"ablation-00-s0": "ray/study-2/ablation-00-s0/checkpoint_000001"}
 
 
 def finished(run_dir: Path, trial_id: str, state: str, val: float | None, done: int = 10) -> None:
@@ -131,7 +135,7 @@ def make_run(tmp_path: Path) -> Run:
     from mmlo.tasks.registry import get_benchmark
 
     s = study()
-    return Run(s, Path("r.yaml"), tmp_path, tmp_path, None, None, None, get_benchmark(s.benchmark))
+    return Run(s, Path("r.yaml"), RunStore.open(tmp_path), str(tmp_path), None, None, None, get_benchmark(s.benchmark))
 
 
 def test_driver_finalises_what_the_worker_could_not(tmp_path: Path) -> None:

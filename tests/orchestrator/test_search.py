@@ -10,6 +10,7 @@ from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.plan import decode_value, encode_value
 from mmlo.orchestrator.search import NUMBER_KEY, compile_space, journal_storage, reconcile_journal
 from mmlo.orchestrator.spec import SpecError, parse_study
+from mmlo.storage import RunStore
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -169,7 +170,7 @@ def test_bad_space_exits_2_through_the_cli(tmp_path: Any) -> None:
 
 def test_reconcile_journal_closes_interrupted_trials(tmp_path: Any) -> None:
     # after a crash: recorded outcomes are told to Optuna, unknown RUNNING trials fail and are re-queued
-    storage = journal_storage(tmp_path / "optuna.journal")
+    storage = journal_storage(RunStore.open(tmp_path))
     ot_study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     trials = [ot_study.ask() for _ in range(4)]
     for t in trials:

@@ -74,7 +74,7 @@ def run_dir(tmp_path: Path) -> Path:
                                 "lr": 1e-3, "val_metric": 0.25, "val_sinusoid": 0.2, "val_linear": 0.3}
     )
     # a kill -9 mid-write tears the last line; it is ignored
-    with (ledger.trial_dir(run, "ablation-02-s0") / ledger.PROGRESS_FILE).open("a") as handle:
+    with (run / ledger.trial_dir(run, "ablation-02-s0") / ledger.PROGRESS_FILE).open("a") as handle:
         handle.write('{"iteration": 6, "elap')
     ledger.write_transference(
         run, "ablation-00-s0", 4,
@@ -91,7 +91,7 @@ def run_dir(tmp_path: Path) -> Path:
 def test_tables_have_exactly_the_contract_columns(run_dir: Path) -> None:
     # column names, order and types are the documented schema (cfg_<field> for every config field)
     paths = sink.write_tables(run_dir, "s", MODES, transference=True)
-    assert sorted(p.name for p in paths.values()) == sorted(
+    assert sorted(Path(p).name for p in paths.values()) == sorted(
         ["trials.parquet", "progress.parquet", "episodes.parquet", "transference.parquet"]
     )
     trials = pl.read_parquet(run_dir / "trials.parquet")
@@ -150,9 +150,9 @@ def test_rewind_forgets_rows_after_the_checkpoint(run_dir: Path) -> None:
     # a trial resuming from iteration 2 drops later progress rows and its unfinished test episodes
     ledger.rewind(run_dir, "ablation-02-s0", 2)
     assert [r["iteration"] for r in ledger.read_progress(run_dir, "ablation-02-s0")] == [2]
-    assert not (ledger.trial_dir(run_dir, "ablation-02-s0") / ledger.EPISODES_FILE).exists()
+    assert not (run_dir / ledger.trial_dir(run_dir, "ablation-02-s0") / ledger.EPISODES_FILE).exists()
     ledger.rewind(run_dir, "ablation-00-s0", 2)
-    assert not list(ledger.trial_dir(run_dir, "ablation-00-s0").glob("transference-*"))
+    assert not list((run_dir / ledger.trial_dir(run_dir, "ablation-00-s0")).glob("transference-*"))
 
 
 def test_json_records_have_no_nan(tmp_path: Path) -> None:

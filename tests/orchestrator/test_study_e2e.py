@@ -73,7 +73,7 @@ def killed_and_resumed(
     driver.wait()
     before = ledger.finished(run_dir)
     episodes = {
-        t: (ledger.trial_dir(run_dir, t) / ledger.EPISODES_FILE).read_bytes()
+        t: (run_dir / ledger.trial_dir(run_dir, t) / ledger.EPISODES_FILE).read_bytes()
         for t, r in before.items()
         if r["state"] == "completed"
     }
@@ -163,7 +163,7 @@ def test_kill_9_then_resume_keeps_finished_trials_and_completes(killed_and_resum
     for trial_id, record in before.items():
         assert after[trial_id] == record
     for trial_id, data in episodes.items():
-        assert (ledger.trial_dir(run_dir, trial_id) / ledger.EPISODES_FILE).read_bytes() == data
+        assert (run_dir / ledger.trial_dir(run_dir, trial_id) / ledger.EPISODES_FILE).read_bytes() == data
     trials = table(run_dir, "trials.parquet")
     assert trials["trial_id"].is_unique().all()
     assert trials.filter(pl.col("phase") == "ablation").height == len(smoke.arms) * len(smoke.seeds)

@@ -11,15 +11,18 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 import yaml
 
-from mmlo.models.training import fit
+from mmlo.models.training import fit, load_checkpoint
 from mmlo.models.transference import make_transference_hook
 from mmlo.orchestrator import ledger, sink
+from mmlo.orchestrator.checkpoints import trial_checkpoints
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.plan import ablation_trials
 from mmlo.orchestrator.spec import dump_study, parse_study
-from mmlo.orchestrator.transference_cmd import measure_checkpoint, merge_rows, trial_checkpoints
+from mmlo.orchestrator.transference_cmd import measure_checkpoint, merge_rows
+from mmlo.storage import RunStore
 from mmlo.tasks.registry import get_benchmark
 
 STUDY = {
@@ -39,7 +42,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[dict[
     """A run directory as a study leaves it: spec, the trial's record, checkpoints at iterations 3 and 6
     in Tune's storage layout; plus the rows the in-study hook measured at iteration 6."""
     study = parse_study({**STUDY, "output": str(tmp_path_factory.mktemp("runs"))})
-    run_dir = study.output / study.name
+    run_dir = Path(study.output) / study.name
     run_dir.mkdir(parents=True)
     (run_dir / "spec.yaml").write_text(dump_study(study), encoding="utf-8")
     spec = ablation_trials(study)[0]
@@ -53,6 +56,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[dict[
         checkpoint_dir=run_dir / "ray" / "ablation-session" / spec.trial_id,
         hooks=[hook],
     )
+    # Tune confirms each persisted checkpoint with a result line naming it (what the run's readers trust).
+    trial_dir = run_dir / "ray" / "ablation-session" / spec.trial_id
+    lines = [
+        {"iteration": load_checkpoint(c, torch.device("cpu"))["iteration"], "checkpoint_dir_name": c.name}
+        for c in sorted(trial_dir.glob("checkpoint_*"))
+    ]
+    (trial_dir / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
     ids = {"study": "tr", "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
     ledger.write_record(run_dir, {**ids, "state": "completed", "spec": spec.to_json()})
     return run_dir, spec.trial_id, hook.rows
@@ -61,7 +71,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[dict[
 def test_checkpoints_are_found_by_iteration(run: tuple[Path, str, list[dict[str, object]]]) -> None:
     # fit checkpoints at every validation (3) and at the end (6); both are found under ray/<exp>/<trial>/.
     run_dir, trial, _ = run
-    assert [c.iteration for c in trial_checkpoints(run_dir, trial)] == [3, 6]
+    assert list(trial_checkpoints(RunStore.open(run_dir))[trial]) == [3, 6]
 
 
 def test_measures_the_newest_checkpoint_like_the_study_hook(
@@ -79,7 +89,7 @@ def test_measures_the_newest_checkpoint_like_the_study_hook(
     by_pair = {(r["source_task"], r["target_task"]): r["lr"] for r in in_study}
     for row in frame.iter_rows(named=True):
         assert row["lr"] == pytest.approx(by_pair[(row["source_task"], row["target_task"])], rel=1e-6)
-    part = ledger.trial_dir(run_dir, trial) / "transference-00000006.parquet"
+    part = run_dir / ledger.trial_dir(run_dir, trial) / "transference-00000006.parquet"
     assert pl.read_parquet(part).height == 12
     assert "at iteration 6" in capsys.readouterr().out
 

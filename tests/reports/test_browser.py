@@ -93,13 +93,13 @@ def assert_not_blank(shot: Path) -> None:
 
 # The synthetic run's report renders every chart offline, logs no error, and its screenshot is not blank.
 def test_synthetic_report_in_chromium(synthetic_run: Path, tmp_path: Path) -> None:
-    report = write_report(synthetic_run, out=tmp_path / "synthetic.html")
+    report = Path(write_report(synthetic_run, out=tmp_path / "synthetic.html"))
     assert_not_blank(check_rendered(report, tmp_path))
 
 
 # The same holds for a regression (MSE) report.
 def test_regression_report_in_chromium(regression_run: Path, tmp_path: Path) -> None:
-    report = write_report(regression_run, out=tmp_path / "regression.html")
+    report = Path(write_report(regression_run, out=tmp_path / "regression.html"))
     assert_not_blank(check_rendered(report, tmp_path))
 
 
@@ -130,13 +130,13 @@ def test_smoke_study_report_in_chromium(tmp_path: Path) -> None:
         )
         assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
         run_dir = out / "smoke"
-    report = write_report(run_dir, out=tmp_path / "smoke.html")
+    report = Path(write_report(run_dir, out=tmp_path / "smoke.html"))
     assert_not_blank(check_rendered(report, tmp_path))
 
 
 # The check is not vacuous: a report whose chart spec is broken fails it (the error reaches the DOM).
 def test_broken_chart_is_detected(synthetic_run: Path, tmp_path: Path) -> None:
-    report = write_report(synthetic_run, out=tmp_path / "broken.html")
+    report = Path(write_report(synthetic_run, out=tmp_path / "broken.html"))
     text = report.read_text(encoding="utf-8")
     report.write_text(text.replace('"mark":', '"mark_broken":', 1), encoding="utf-8")
     with pytest.raises(AssertionError, match="did not render|js-errors|chart-01"):

@@ -43,7 +43,7 @@ def _parse(path: Path) -> _Tags:
 
 @pytest.fixture(scope="module")
 def report(synthetic_run: Path) -> Path:
-    return write_report(synthetic_run)
+    return Path(write_report(synthetic_run))
 
 
 # Self-contained: no script, stylesheet, frame or image is loaded from anywhere; links only jump within the page.
@@ -119,14 +119,14 @@ def test_dashboard_links(make_run) -> None:
     provenance = json.loads((run_dir / "provenance.json").read_text())
     provenance["ray_dashboard_url"] = "http://127.0.0.1:8265"
     (run_dir / "provenance.json").write_text(json.dumps(provenance))
-    text = write_report(run_dir).read_text(encoding="utf-8")
+    text = Path(write_report(run_dir)).read_text(encoding="utf-8")
     assert f"optuna-dashboard {run_dir.resolve() / 'optuna.journal'}" in text
     assert '<a href="http://127.0.0.1:8265">' in text
 
 
 # A regression study has the same structure with MSE, lower is better, and no transference section without data.
 def test_regression_report(regression_run: Path, tmp_path: Path) -> None:
-    out = write_report(regression_run, out=tmp_path / "r.html")
+    out = Path(write_report(regression_run, out=tmp_path / "r.html"))
     assert out == (tmp_path / "r.html").resolve()
     text = out.read_text(encoding="utf-8")
     assert "MSE (lower is better)" in text
@@ -149,7 +149,7 @@ def test_all_failed_study(make_run) -> None:
     trials.write_parquet(run_dir / "trials.parquet")
     (run_dir / "episodes.parquet").unlink()
     (run_dir / "progress.parquet").unlink()
-    text = write_report(run_dir).read_text(encoding="utf-8")
+    text = Path(write_report(run_dir)).read_text(encoding="utf-8")
     assert "No test episodes were recorded" in text
     assert text.count("CUDA out of memory") >= 2
 
@@ -189,6 +189,6 @@ def test_search_only_study(make_run) -> None:
     for table in ("trials", "episodes", "progress"):
         frame = pl.read_parquet(run_dir / f"{table}.parquet")
         frame.filter(pl.col("phase") == "search").write_parquet(run_dir / f"{table}.parquet")
-    text = write_report(run_dir).read_text(encoding="utf-8")
+    text = Path(write_report(run_dir)).read_text(encoding="utf-8")
     assert text.count("This study ran no ablation arms") == 3
     assert '<section id="search">' in text

@@ -449,7 +449,7 @@ def test_transference_matrix() -> None:
 # Read back from Parquet files, the same hand-made episodes give the same table (the loader keeps values).
 def test_tables_from_parquet(tmp_path: Path, make_run) -> None:
     run = load_run(make_run(name="parquet-check"))
-    _episodes(HAND).write_parquet(run.run_dir / "episodes.parquet")
+    _episodes(HAND).write_parquet(Path(run.run_dir) / "episodes.parquet")
     again = load_run(run.run_dir)
     table = tables.ablation_table(
         again.table_episodes(), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True
