@@ -4,14 +4,21 @@ A study names a benchmark, a grid of learner *arms* x *seeds* (the ablation phas
 search over learner and training hyper-parameters, an optional confirm phase, resources and an output
 folder. Every field carries a description: they feed ``mmlo schema`` (JSON Schema for editors) and the
 summary printed by ``mmlo validate``. Unknown keys are errors, so a typo never passes silently.
+A study file is passed between people: the loader bounds what any file can cost (size, values with
+aliases expanded, nesting), and every number must be finite, so a hostile file gets one clear error.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import math
+import os
+import re
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -43,7 +50,8 @@ def _subset(name: str, source: type[BaseModel], names: tuple[str, ...], *, optio
             fields[key] = (annotation | None, Field(None, description=info.description))
         else:
             fields[key] = (annotation, Field(info.default, description=info.description))
-    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    return create_model(name, __config__=config, __doc__=doc, **fields)
 
 
 TrainSettings = _subset(
@@ -73,6 +81,14 @@ class Arm(_ArmBase):  # type: ignore[misc, valid-type]
         None, description="Optimiser settings that differ from the study's 'train' block for this arm."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        # The name is printed in the validate summary and the report tables, one arm per line.
+        if not v.isprintable():
+            raise ValueError(f"arm name {v!r} holds tabs, line breaks or control characters; use plain text")
+        return v
+
     def learner_fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, exclude={"name", "train"})
 
@@ -80,13 +96,15 @@ class Arm(_ArmBase):  # type: ignore[misc, valid-type]
 class SearchParam(BaseModel):
     """One dimension of the Optuna search space."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["float", "int", "categorical"] = Field(..., description="float | int | categorical.")
     low: float | None = Field(None, description="Lower bound (float and int).")
     high: float | None = Field(None, description="Upper bound, inclusive (float and int).")
     log: bool = Field(False, description="Sample on a log scale (float and int; low must be > 0).")
-    step: float | None = Field(None, description="Discretisation step (float and int, not with log).")
+    step: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Discretisation step (float and int, not with log)."
+    )
     choices: list[Scalar] | None = Field(None, description="The values of a categorical parameter.")
     when: dict[str, Scalar | list[Scalar]] | None = Field(
         None,
@@ -103,6 +121,10 @@ class SearchParam(BaseModel):
                 raise ValueError("a categorical parameter needs a non-empty 'choices' list")
             if self.low is not None or self.high is not None or self.log:
                 raise ValueError("a categorical parameter takes 'choices', not low/high/log")
+            # The trial config parses a text choice of a float field as a number, so "nan" would become NaN.
+            for choice in self.choices:
+                if isinstance(choice, str) and _spells_non_finite(choice):
+                    raise ValueError(f"choice {choice!r} reads as a non-finite number; every choice must be finite")
             return self
         if self.choices is not None:
             raise ValueError(f"a {self.type} parameter takes low/high, not 'choices'")
@@ -116,6 +138,8 @@ class SearchParam(BaseModel):
             raise ValueError("'step' cannot be combined with 'log'")
         if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
             raise ValueError("an int parameter needs integer low and high")
+        if self.type == "int" and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an int parameter needs an integer step (got {self.step})")
         return self
 
     def matches(self, values: dict[str, Any]) -> bool:
@@ -130,13 +154,15 @@ class SearchParam(BaseModel):
 class Search(BaseModel):
     """The Optuna phase: TPE over a define-by-run space, through Ray Tune's OptunaSearch."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     trials: Annotated[int, Field(ge=1, le=100_000)] = Field(..., description="Number of Optuna trials.")
     base: str | None = Field(
         None, description="Arm whose configuration each trial starts from (default: the first arm)."
     )
-    sampler_seed: int = Field(0, description="Seed of the TPE sampler (recorded with the run).")
+    sampler_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="Seed of the TPE sampler, 0 to 2**32 - 1 (recorded with the run)."
+    )
     seed: int | None = Field(None, description="Training seed of search trials (default: the first seed).")
     iterations: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Training iterations per search trial (default: budget.iterations)."
@@ -179,7 +205,7 @@ class Search(BaseModel):
 class Scheduler(BaseModel):
     """Early stopping of search trials (Tune's ASHA); ablation and confirm trials always run in full."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["asha", "none"] = Field("asha", description="asha | none.")
     grace_period: Annotated[int, Field(ge=1)] = Field(
@@ -191,7 +217,7 @@ class Scheduler(BaseModel):
 class Confirm(BaseModel):
     """Re-run the best search configurations with the study's seeds at the full budget."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     top_k: Annotated[int, Field(ge=1)] = Field(1, description="How many of the best search trials to re-run.")
 
@@ -199,7 +225,7 @@ class Confirm(BaseModel):
 class Resources(BaseModel):
     """Ray resources per trial and concurrency."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cpus_per_trial: Annotated[float, Field(gt=0)] = Field(1.0, description="CPUs reserved per trial.")
     gpus_per_trial: Annotated[float, Field(ge=0)] = Field(
@@ -216,7 +242,7 @@ class Resources(BaseModel):
 class Transference(BaseModel):
     """Task-level transference (KML paper §4) measured inside each trial."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sources_per_mode: Annotated[int, Field(ge=1)] = Field(10, description="Source tasks per mode.")
     targets_per_mode: Annotated[int, Field(ge=1)] = Field(2, description="Target tasks per mode.")
@@ -237,7 +263,7 @@ class Transference(BaseModel):
 class Study(BaseModel):
     """A study: benchmark, arms x seeds, optional Optuna search, resources, output."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(
         ...,
@@ -271,21 +297,45 @@ class Study(BaseModel):
     confirm: Confirm | None = Field(None, description="Confirm phase: re-run the best search trials.")
     resources: Resources = Field(default_factory=Resources, description="Resources per trial.")
     transference: Transference | None = Field(None, description="Transference measurement (optional).")
-    output: Path = Field(
-        Path("runs"),
+    output: str = Field(
+        "runs",
         validate_default=True,
-        description="Folder that holds run directories (relative paths: from the working directory)."
+        description=(
+            "Where run directories go: a folder (relative paths: from the working directory; on a cluster, one "
+            "that every node mounts at the same path) or an object-store URI that every node reaches, e.g. "
+            "s3://bucket/prefix?endpoint_override=http://host:9000&region=us-east-1."
+        ),
     )
 
-    @field_validator("output")
+    @field_validator("output", mode="before")
     @classmethod
-    def _absolute(cls, v: Path) -> Path:
-        return v.expanduser().resolve()
+    def _absolute(cls, v: Any) -> str:
+        from mmlo.storage import normalise_location
+
+        if not isinstance(v, (str, Path)) or not str(v).strip():
+            raise ValueError("output: give a folder or a storage URI (s3://bucket/prefix)")
+        return normalise_location(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _home_folders(cls, data: Any) -> Any:
+        # Path.expanduser raises RuntimeError, which pydantic does not turn into a validation error, for
+        # '~someone' when there is no such user: a study written on another machine would crash the loader.
+        if not isinstance(data, dict):
+            return data
+        folders = [("output", data.get("output"))]
+        if isinstance(data.get("benchmark"), dict):
+            folders += [(f"benchmark.{key}", data["benchmark"].get(key)) for key in ("root", "cache_dir")]
+        for key, value in folders:
+            if isinstance(value, str) and value.startswith("~") and os.path.expanduser(value).startswith("~"):
+                user = value.split("/", 1)[0]
+                raise ValueError(f"{key}: cannot expand {user!r}: no such user here; write the folder's full path")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Study:
         names = [arm.name for arm in self.arms]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
         if duplicates:
             raise ValueError(f"arms: duplicate arm names {duplicates}")
         if len(set(self.seeds)) != len(self.seeds):
@@ -294,7 +344,8 @@ class Study(BaseModel):
             if value is not None and value not in names:
                 raise ValueError(f"{field}: '{value}' is not an arm; arms are {names}")
         if self.transference and self.transference.arms:
-            unknown = [a for a in self.transference.arms if a not in names]
+            known = set(names)
+            unknown = [a for a in self.transference.arms if a not in known]
             if unknown:
                 raise ValueError(f"transference.arms: unknown arms {unknown}; arms are {names}")
         for phase in self.resolved_phases:
@@ -398,7 +449,270 @@ class SpecError(UserError):
     def __init__(self, file: Path | str, message: str, key: str | None = None, line: int | None = None):
         self.file, self.key, self.line, self.message = str(file), key, line, message
         where = self.file + (f":{line}" if line else "")
-        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+        shown_key = _shown(key, MAX_SHOWN_KEY) + ": " if key else ""
+        # Keys and values come from the file: escaped, a hostile one can neither split the one-line message
+        # nor send escape sequences to the terminal.
+        super().__init__(_shown(f"{where}: {shown_key}{message}"))
+
+
+# Budgets of the loader. A study file is passed between people, so whatever it holds, `mmlo validate`
+# must answer within a second or two and in bounded memory.
+
+#: Largest study file read, in bytes: about a hundred times the biggest shipped study, and small enough
+#: for the pure-Python YAML parser (which the budgets below hook into) to read in well under a second.
+MAX_FILE_BYTES = 256 * 1024
+#: Most values (scalars, lists and mappings) one file may hold, every alias counted at its expanded size:
+#: a dozen lines of nested aliases ("billion laughs") would otherwise expand to billions of values.
+MAX_VALUES = 50_000
+#: Deepest nesting of lists and mappings, aliases expanded: a study needs a handful of levels, and deep
+#: documents would exhaust Python's recursion in the YAML composer and in the validators.
+MAX_DEPTH = 50
+#: Longest integer literal: 64 bits need 20 digits (66 characters in binary), and Python refuses to convert
+#: more than 4300 digits with a ValueError the constructor would let escape.
+MAX_INT_CHARS = 100
+#: Integers of a study fit a signed 64-bit integer: seeds, budgets and counts reach NumPy, torch and Ray.
+INT_LIMIT = 2**63
+#: Longest key path and echoed value shown in a message.
+MAX_SHOWN_KEY, MAX_SHOWN_VALUE = 120, 80
+
+#: Characters refused in any text value: C0/C1 controls other than tab and line feed, and bidirectional-text
+#: controls, which could rewrite the terminal that prints a summary or disguise what a value says.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: Python types the safe loader builds from YAML tags that no study field takes.
+_FOREIGN = {bytes: "!!binary", set: "!!set", tuple: "!!omap/!!pairs"}
+_INT_TAG = "tag:yaml.org,2002:int"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _shown(text: str, limit: int | None = None) -> str:
+    """``text`` fit for one terminal line: non-printable characters escaped, cut at ``limit`` characters."""
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _spells_non_finite(text: str) -> bool:
+    """True when pydantic would read ``text`` as an infinite or NaN float ('inf', 'NaN', '1e999')."""
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _path_step(parent: yaml.Node | None, index: Any) -> str | None:
+    """The key-path component of the node composed at ``index`` of ``parent`` (None for a key or the root)."""
+    if isinstance(parent, yaml.SequenceNode):
+        return str(index)
+    if isinstance(parent, yaml.MappingNode) and index is not None:
+        return str(index.value) if isinstance(index, yaml.ScalarNode) else "?"
+    return None
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with budgets, so that no file can hang the loader or exhaust memory.
+
+    The composer counts every alias at the size of what it stands for *before* anything expands it, and
+    refuses a file past MAX_VALUES values or MAX_DEPTH levels, a recursive alias, or a duplicate key (YAML
+    keeps the last silently). The constructor turns values that would raise a plain Python exception (a
+    5000-digit integer, the date 2024-13-45) into a SpecError. Every error names the key path and line.
+    """
+
+    def __init__(self, text: str, file: Path | str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.values = 0  # values composed so far in the whole file, aliases at their expanded size
+        self.depth = 0  # nesting of the node being composed
+        self.reach = 0  # deepest nesting reached inside the node being composed, aliases expanded
+        self.path: list[str] = []
+        self.expanded: dict[str, tuple[int, int]] = {}  # anchor -> (values, levels) it stands for
+        self.open: set[str] = set()  # anchors of the lists and mappings being composed
+        self.where: dict[int, tuple[str, ...]] = {}  # id(node) -> key path, for constructor errors
+
+    def refuse(self, mark: yaml.Mark, message: str, path: list[str] | tuple[str, ...] | None = None) -> SpecError:
+        key = ".".join(self.path if path is None else path)
+        return SpecError(self.file, message, key or None, mark.line + 1)
+
+    def compose_document(self) -> yaml.Node:
+        self.expanded.clear()  # anchors are local to a document; the value budget holds for the whole file
+        node: yaml.Node = super().compose_document()
+        return node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        step = _path_step(parent, index)
+        if step is not None:
+            self.path.append(step)
+        self.depth += 1
+        try:
+            if isinstance(event, yaml.AliasEvent):
+                self._count_alias(event)
+                alias: yaml.Node = super().compose_node(parent, index)
+                return alias
+            if self.depth > MAX_DEPTH:
+                raise self.refuse(
+                    event.start_mark,
+                    f"nested more than {MAX_DEPTH} levels deep; a study needs a handful (a generated file?)",
+                )
+            anchor = event.anchor
+            if anchor is not None and anchor in self.anchors:
+                raise self.refuse(
+                    event.start_mark,
+                    f"anchor &{_shown(anchor, 40)} is defined twice (first on line "
+                    f"{self.anchors[anchor].start_mark.line + 1}); rename one of them",
+                )
+            self._count(event.start_mark, 1)
+            values_before, reach_before = self.values, self.reach
+            self.reach = self.depth
+            if anchor is not None:
+                self.open.add(anchor)
+            node: yaml.Node = super().compose_node(parent, index)
+            self.where[id(node)] = tuple(self.path)
+            if anchor is not None:
+                self.open.discard(anchor)
+                self.expanded[anchor] = (self.values - values_before + 1, self.reach - self.depth + 1)
+            self.reach = max(self.reach, reach_before)
+            return node
+        finally:
+            self.depth -= 1
+            if step is not None:
+                self.path.pop()
+
+    def _count(self, mark: yaml.Mark, values: int, alias: str | None = None) -> None:
+        self.values += values
+        if self.values <= MAX_VALUES:
+            return
+        if alias is None:
+            raise self.refuse(
+                mark, f"the file holds more than {MAX_VALUES} values; a study needs a few hundred (the right file?)"
+            )
+        raise self.refuse(
+            mark,
+            f"alias *{_shown(alias, 40)} stands for {values} values and takes the file past {MAX_VALUES} "
+            "(an alias bomb?); write the values out, or alias fewer times",
+        )
+
+    def _count_alias(self, event: yaml.AliasEvent) -> None:
+        anchor = event.anchor
+        if anchor in self.open:
+            raise self.refuse(
+                event.start_mark,
+                f"alias *{_shown(anchor, 40)} refers to a list or mapping that contains it; a study cannot be "
+                "recursive: write the value out",
+            )
+        if anchor not in self.expanded:
+            return  # an undefined alias: the composer reports it as a YAML error
+        values, levels = self.expanded[anchor]
+        if self.depth - 1 + levels > MAX_DEPTH:
+            raise self.refuse(
+                event.start_mark,
+                f"alias *{_shown(anchor, 40)} nests the document more than {MAX_DEPTH} levels deep; "
+                "a study needs a handful",
+            )
+        self.reach = max(self.reach, self.depth - 1 + levels)
+        self._count(event.start_mark, values, anchor)
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue  # '<<: *defaults' keys are meant to be overridden by the mapping's own keys
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first:
+                raise self.refuse(
+                    key.start_mark,
+                    f"duplicate key (also on line {first[(key.tag, key.value)]}); YAML would silently keep only "
+                    "the last one: delete or rename one of them",
+                    [*self.path, str(key.value)],
+                )
+            first[(key.tag, key.value)] = line
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        path = self.where.get(id(node), ())
+        if isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG and len(node.value) > MAX_INT_CHARS:
+            raise self.refuse(
+                node.start_mark, f"an integer of {len(node.value)} digits; study integers fit in 64 bits", path
+            )
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as err:
+            kind = node.tag.rsplit(":", 1)[-1]
+            shown = _shown(str(node.value), MAX_SHOWN_VALUE)
+            raise self.refuse(
+                node.start_mark, f"cannot read {shown!r} as {kind} ({err}); quote it to keep it as text", path
+            ) from None
+
+
+def _read_text(path: Path) -> str:
+    """The text of a study file: UTF-8 (with or without a byte-order mark), at most MAX_FILE_BYTES."""
+    try:
+        if not path.exists():
+            raise SpecError(path, "no such file (give the path to a study YAML, e.g. studies/smoke.yaml)")
+        if path.is_dir():
+            raise SpecError(path, "is a folder, not a study YAML file")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)  # never more: the path may be a device such as /dev/zero
+    except OSError as err:
+        raise SpecError(path, f"cannot read the file ({err.strerror or err})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(
+            path, f"is larger than {MAX_FILE_BYTES // 1024} KiB; a study is a few KiB of YAML (the right file?)"
+        )
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SpecError(path, "is UTF-16 text; save it as UTF-8 (in most editors: 'Save with Encoding')", line=1)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise SpecError(
+            path, f"is not UTF-8 text (byte {raw[err.start]:#04x} cannot be read); save it as UTF-8", line=line
+        ) from None
+
+
+def _check_values(
+    value: Any, file: Path | str, lines: dict[tuple[str, ...], int], path: tuple[str, ...] = ()
+) -> None:
+    """Refuse, wherever they are, values that no study field can hold sensibly.
+
+    One pass over the whole document, so every key (nested models, arm overrides, search bounds and
+    choices) is covered by the same rule: numbers are finite, integers fit 64 bits, keys are printable
+    and text holds no control characters; YAML tags such as !!binary or !!set have no place in a study.
+    """
+
+    def fail(message: str, where: tuple[str, ...] = path) -> NoReturn:
+        raise SpecError(file, message, ".".join(where) or None, _line_for(lines, where))
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and not key.isprintable():
+                fail("the key holds control or invisible characters; keys are plain names", (*path, key))
+            if not isinstance(key, str):
+                _check_values(key, file, lines, path)
+            _check_values(item, file, lines, (*path, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, file, lines, (*path, str(i)))
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            shown = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+            fail(
+                f"must be a finite number, not {shown} (numbers beyond ±1.8e308 read as infinite too); "
+                "write a number such as 0.001"
+            )
+    elif isinstance(value, int):
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            fail(f"integer {_shown(str(value), 30)} is out of range; study integers fit in 64 bits")
+    elif isinstance(value, str):
+        found = _CONTROL.search(value)
+        if found:
+            fail(f"text holds the control character U+{ord(found.group()):04X}; remove it")
+    elif type(value) in _FOREIGN:
+        fail(f"{_FOREIGN[type(value)]} values have no place in a study; write text, numbers, lists or mappings")
 
 
 def _first_message(err: ValidationError) -> str:
@@ -413,7 +727,7 @@ def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str,
     lines: dict[tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            path = (*prefix, str(key_node.value))
+            path = (*prefix, str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?")
             lines[path] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, path))
     elif isinstance(node, yaml.SequenceNode):
@@ -449,7 +763,7 @@ def _message(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {_shown(repr(err['input']), MAX_SHOWN_VALUE)})"
     return msg
 
 
@@ -459,6 +773,7 @@ def parse_study(data: Any, file: Path | str = "<study>", lines: dict[tuple[str, 
         raise SpecError(file, "the file is empty; a study needs at least 'name' and 'arms' or 'search'")
     if not isinstance(data, dict):
         raise SpecError(file, f"a study is a YAML mapping of keys, not a {type(data).__name__}")
+    _check_values(data, file, lines or {})
     try:
         return Study.model_validate(data)
     except ValidationError as err:
@@ -474,29 +789,46 @@ def parse_study(data: Any, file: Path | str = "<study>", lines: dict[tuple[str, 
         raise SpecError(file, msg + more, ".".join(loc) or None, line) from None
 
 
+def _documents(text: str, file: Path) -> list[tuple[Any, dict[tuple[str, ...], int]]]:
+    """The YAML documents of a study file, each with the line of every key path; budgets enforced."""
+    loader: _StudyLoader | None = None
+    try:
+        loader = _StudyLoader(text, file)
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        # Lines first: constructing a document resolves '<<' merge keys in place.
+        lines = [_key_lines(node) for node in nodes]
+        return [(loader.construct_document(node), node_lines) for node, node_lines in zip(nodes, lines, strict=True)]
+    except yaml.reader.ReaderError as err:
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        raise SpecError(
+            file,
+            f"character U+{code:04X} is not allowed in YAML (a binary file, or text in another encoding?); "
+            "save the study as UTF-8 text",
+            line=text.count("\n", 0, err.position) + 1,
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(file, f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def load_studies(path: Path | str) -> list[Study]:
     """Read and validate a study file; a file may hold several studies as YAML documents (``---``).
 
     Several documents run one after another, e.g. the same arms on regression2, regression3 and
-    regression5. Raises SpecError with one clear message.
+    regression5. Raises SpecError with one clear message, whatever the file holds: budgets on size,
+    values, nesting and aliases keep a hostile file from hanging the loader or exhausting memory.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise SpecError(path, "no such file (give the path to a study YAML, e.g. studies/smoke.yaml)")
-    if path.is_dir():
-        raise SpecError(path, "is a folder, not a study YAML file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        documents = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err)
-        raise SpecError(path, f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None) from None
-    pairs = [(doc, node) for doc, node in zip(documents, nodes, strict=True) if doc is not None]
+    pairs = [(doc, lines) for doc, lines in _documents(_read_text(path), path) if doc is not None]
     if not pairs:
         return [parse_study(None, path.resolve())]
-    studies = [parse_study(doc, path.resolve(), _key_lines(node)) for doc, node in pairs]
+    studies = [parse_study(doc, path.resolve(), lines) for doc, lines in pairs]
     names = [s.name for s in studies]
     if len(set(names)) != len(names):
         raise SpecError(path, f"the documents of one file need distinct study names, got {names}", "name")

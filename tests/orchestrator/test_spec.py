@@ -66,9 +66,10 @@ def test_search_trial_count_and_phases(tmp_path: Path) -> None:
 def test_paths_are_absolute_and_user_expanded(tmp_path: Path) -> None:
     # relative and ~ paths become absolute when the study is loaded
     study = load_study(_write(tmp_path, MINIMAL + "output: ~/mmlo-runs\n"))
-    assert study.output == Path.home() / "mmlo-runs"
-    study = load_study(_write(tmp_path, MINIMAL + "output: runs\nbenchmark: {name: mm2, root: data}\n"))
-    assert study.output.is_absolute() and study.benchmark.root is not None and study.benchmark.root.is_absolute()
+    assert study.output == str(Path.home() / "mmlo-runs")
+    mm2 = MINIMAL.replace("{name: regression2, shots: 5, query: 5}", "{name: mm2, root: data}")
+    study = load_study(_write(tmp_path, mm2 + "output: runs\n"))
+    assert Path(study.output).is_absolute() and study.benchmark.root is not None and study.benchmark.root.is_absolute()
 
 
 def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
@@ -209,3 +210,90 @@ def test_multi_document_file(tmp_path: Path) -> None:
     assert info.value.key == "budget.iterations" and info.value.line == 10
     with pytest.raises(SpecError, match="distinct study names"):
         load_studies(_write(tmp_path, MINIMAL + "---\n" + MINIMAL))
+
+
+def test_utf8_bom_and_windows_line_endings_load(tmp_path: Path) -> None:
+    # a study saved by a Windows editor (UTF-8 byte-order mark, CRLF line ends) is a valid study
+    path = tmp_path / "study.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.replace("\n", "\r\n").encode())
+    assert load_study(path).name == "t"
+
+
+def test_small_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    # the anchors people really write (an arm merged into another, a shared list) load as before
+    text = (
+        "name: t\nbenchmark: {name: regression2, shots: 5, query: 5}\narms:\n"
+        "  - &base {name: MAML, learner: maml, inner_lr: 0.01, hidden: &widths [40, 40]}\n"
+        "  - <<: *base\n    name: MAML-lr\n    train: {lr: 0.01}\n"
+        "model: {channels: *widths}\n"
+    )
+    study = load_study(_write(tmp_path, text))
+    assert [a.name for a in study.arms] == ["MAML", "MAML-lr"]
+    assert study.learner_config(study.arms[1]).inner_lr == 0.01
+    assert study.learner_config(study.arms[1]).hidden == [40, 40] == study.model.channels
+
+
+def test_alias_bomb_is_refused_at_its_line(tmp_path: Path) -> None:
+    # nested aliases are counted at their expanded size before anything expands them
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    err = _error(tmp_path, "name: t\n" + "\n".join(lines) + "\n")
+    assert err.line == 6 and err.key == "e.5" and "alias *d" in str(err)
+
+
+def test_budgets_leave_room_for_large_real_studies(tmp_path: Path) -> None:
+    # a study far larger than any real one (200 arms, a 1000-choice categorical) is within every budget
+    arms = "".join(f"  - {{name: arm{i}, learner: maml, inner_lr: 0.0{i % 9 + 1}}}\n" for i in range(200))
+    choices = ", ".join(str(i) for i in range(1, 1001))
+    text = MINIMAL.split("arms:")[0] + "arms:\n" + arms + (
+        f"search:\n  trials: 3\n  space:\n    inner_steps: {{type: categorical, choices: [{choices}]}}\n"
+    )
+    assert len(load_study(_write(tmp_path, text)).arms) == 200
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("train: {lr: .inf}", "train.lr"),
+        ("train: {lr: 'inf'}", "train.lr"),
+        ("model: {inner_lr: .nan}", "model.inner_lr"),
+        ("model: {inner_grad_clip: -.inf}", "model.inner_grad_clip"),
+        ("  - {name: B, learner: maml, inner_lr: .NaN}", "arms.1.inner_lr"),
+        ("  - {name: B, learner: maml, train: {lr_decay_factor: .inf}}", "arms.1.train.lr_decay_factor"),
+        ("search: {trials: 2, space: {lr: {type: float, low: -.inf, high: 0.1}}}", "search.space.lr.low"),
+        ("search: {trials: 2, space: {lr: {type: float, low: 0.1, high: 0.2, step: .nan}}}", "search.space.lr.step"),
+        ("search: {trials: 2, space: {lr: {type: categorical, choices: [0.1, .inf]}}}", "search.space.lr.choices.1"),
+        ("scheduler: {reduction_factor: .inf}", "scheduler.reduction_factor"),
+        ("resources: {cpus_per_trial: .inf}", "resources.cpus_per_trial"),
+        ("transference: {neutral_band: .nan}", "transference.neutral_band"),
+        ("model: {inner_lr: 1.0e+999}", "model.inner_lr"),
+    ],
+)
+def test_non_finite_numbers_are_refused_everywhere(tmp_path: Path, line: str, key: str) -> None:
+    # every float of the spec, nested or overridden, must be finite; the error names key path and line
+    err = _error(tmp_path, MINIMAL + line + "\n")
+    assert err.key == key and err.line == 5 and "finite number" in str(err)
+
+
+def test_duplicate_keys_are_refused_but_merged_keys_may_be_overridden(tmp_path: Path) -> None:
+    # YAML keeps the last of two equal keys silently, so a duplicate is an error at its second line
+    err = _error(tmp_path, MINIMAL + "train: {lr: 0.01}\ntrain: {lr: 0.02}\n")
+    assert err.key == "train" and err.line == 6 and "also on line 5" in str(err)
+
+
+def test_message_escapes_control_characters(tmp_path: Path) -> None:
+    # text from the file is escaped in the one-line message, so it cannot drive the terminal
+    err = _error(tmp_path, MINIMAL + '"\\e[2J\\ncleared": 1\n')
+    assert "\x1b" not in str(err) and "\n" not in str(err) and "\\x1b[2J\\ncleared" in str(err)
+
+
+def test_oversized_and_undecodable_files(tmp_path: Path) -> None:
+    # a file over the size limit, or not UTF-8, is refused before any parsing, with a hint
+    path = tmp_path / "study.yaml"
+    path.write_bytes(b"# " + b"x" * 300_000)
+    with pytest.raises(SpecError, match="larger than 256 KiB"):
+        load_study(path)
+    path.write_bytes(MINIMAL.encode() + b"description: \xff\n")
+    with pytest.raises(SpecError, match="not UTF-8") as info:
+        load_study(path)
+    assert info.value.line == 5
