@@ -112,6 +112,12 @@ class StudyProgress:
         self.stream.write(f"  {word:<7} {trial_id:<24} {trial.label}{shown}  {duration(wall)}{note}\n")
         self.tick(force=True)
 
+    def note(self, text: str) -> None:
+        """Print one line above the status line (a trial retried after a failure)."""
+        self._clear()
+        self.stream.write(text.rstrip() + "\n")
+        self.tick(force=True)
+
     def _consider(self, trial: _Trial, value: float | None) -> None:
         if value is None or not math.isfinite(value):
             return

@@ -600,7 +600,12 @@ def _tune_callback(run: Run, progress: StudyProgress) -> Any:
             self._ended(trial, error=None)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._ended(trial, error=_error_text(trial))
+            self._ended(trial, error=_failure_text(run, trial))
+
+        def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            reason = _failure_text(run, trial)
+            note_retry(run.run_dir, _trial_id(trial.config), reason)
+            progress.note(f"  retry   {_trial_id(trial.config):<24} after: {reason}")
 
         def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
             progress.tick()
@@ -632,6 +637,50 @@ def _error_text(trial: Any) -> str:
         if lines:
             return lines[-1].strip()
     return "the trial's worker died (see logs/ray)"
+
+
+#: Ray's words for a trial actor that vanished (its process or its whole node), not a Python error in it.
+_ACTOR_LOST = ("actor died", "is unavailable", "actor is dead", "worker died", "node died", "died unexpectedly")
+
+
+def _failure_text(run: Run, trial: Any, wait_s: float = 20.0) -> str:
+    """Why a trial failed, in words: for a lost actor, whether its node died (Ray notices a lost node after a
+    few missed heartbeats, so this waits up to ``wait_s``) or only its worker process."""
+    text = _error_text(trial)
+    if not any(marker in text.lower() for marker in _ACTOR_LOST):
+        return text
+    record = ledger.read_record(run.run_dir, _trial_id(trial.config)) or {}
+    node_id = record.get("node_id")
+    if not node_id:
+        return text
+    where = f"node {record.get('node_hostname')} ({record.get('node_ip')}, id {str(node_id)[:12]})"
+    if _node_died(node_id, wait_s):
+        return f"{where} died during the trial: {text}"
+    return f"the trial's worker process on {where} died: {text}"
+
+
+def _node_died(node_id: str, wait_s: float) -> bool:
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+        if not alive.get(node_id, False):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def note_retry(run_dir: RunStore, trial_id: str, reason: str) -> None:
+    """Count a failed attempt of a trial that Tune runs again (``resources.max_failures``), with its reason; the
+    retried trial keeps both in its record."""
+    record = ledger.read_record(run_dir, trial_id)
+    if record is None:
+        return
+    record["retries"] = int(record.get("retries") or 0) + 1
+    record["retry_reasons"] = "; ".join(r for r in (record.get("retry_reasons"), reason) if r)
+    ledger.write_record(run_dir, record)
 
 
 def finalize_record(
@@ -740,9 +789,12 @@ def _run_tuner(run: Run, stages: list[Stage], fits: int, progress: StudyProgress
     study = run.study
     mode = "max" if run.higher_is_better else "min"
     callback = _tune_callback(run, progress)
+    reuse = reuse_actors(run.address, study)
     trainable = tune.with_resources(
-        trial_actor_class(study.name), {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial}
+        trial_actor_class(study.name, fresh_actors=not reuse),
+        {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial},
     )
+    trainable.__qualname__ = "MmloTrial"  # the class name the dashboard lists
     storage_path, storage_filesystem = run.run_dir.tune_storage()
     tuner = tune.Tuner(
         trainable,
@@ -753,7 +805,7 @@ def _run_tuner(run: Run, stages: list[Stage], fits: int, progress: StudyProgress
             metric="val_metric",
             mode=mode,
             num_samples=study.trial_count(),
-            reuse_actors=reuse_actors(run.address, study),
+            reuse_actors=reuse,
             max_concurrent_trials=fits,
             trial_name_creator=_trial_dirname,
             trial_dirname_creator=_trial_dirname,

@@ -60,8 +60,11 @@ TRIAL_COLUMNS: dict[str, pl.DataType] = {
     "allocator": pl.String(),
     "node_hostname": pl.String(),
     "node_ip": pl.String(),
+    "node_id": pl.String(),
     "device": pl.String(),
     "peak_gpu_memory_mb": pl.Float64(),
+    "retries": pl.Int64(),
+    "retry_reasons": pl.String(),
 }
 
 EPISODE_COLUMNS: dict[str, pl.DataType] = {

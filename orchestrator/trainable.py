@@ -54,9 +54,13 @@ def trial_constants(run_dir: RunStore, study: Study) -> dict[str, Any]:
     return {"run_dir": run_dir.uri, "spec": study.model_dump(mode="json"), "cpus": study.resources.cpus_per_trial}
 
 
-def trial_actor_class(study_name: str) -> type:
-    """The Tune trainable: :func:`run_trial` in an actor whose name (Ray's dashboard, ``ray list actors``)
-    is ``mmlo <study>/<trial id>``. Ray reads an actor's name once, when it starts: see :func:`reuse_actors`."""
+def trial_actor_class(study_name: str, fresh_actors: bool) -> type:
+    """The Tune trainable: :func:`run_trial` in an actor named for the dashboard (``ray list actors``).
+
+    Ray reads an actor's name once, when it starts. An actor that runs one trial is named
+    ``mmlo <study>/<trial id>``; an actor that Tune reuses for trial after trial is ``mmlo <study> trial
+    runner`` (the trial it runs now is in the status line, ``mmlo status`` and its log lines).
+    """
     from ray.tune.trainable import wrap_function
 
     base: Any = wrap_function(run_trial)
@@ -65,15 +69,19 @@ def trial_actor_class(study_name: str) -> type:
         _name = "mmlo_trial"
 
         def __repr__(self) -> str:
-            return f"mmlo {study_name}/{self.trial_name}"
+            return f"mmlo {study_name}/{self.trial_name}" if fresh_actors else f"mmlo {study_name} trial runner"
 
     return MmloTrial
 
 
 def reuse_actors(address: str | None, study: Study) -> bool:
-    """Whether one actor runs trial after trial (on this machine: saves ~2 s of start-up and the torch
-    import per trial) or each trial gets its own (on a cluster, and with GPUs: each actor then carries its
-    trial's name in the dashboard, and a trial's GPU memory is returned to the device when it ends)."""
+    """Whether one actor runs trial after trial or each trial gets its own.
+
+    On this machine, reuse (a fresh actor costs ~2 s of start-up plus the torch import: on the default study
+    about 15 % of its wall time). On a cluster (``--address``) and with GPUs, one actor per trial: trials are
+    long there, each actor then carries its trial's id in the cluster's dashboard, and a trial's GPU memory
+    goes back to the device when it ends.
+    """
     return address is None and study.resources.gpus_per_trial == 0
 
 
@@ -91,18 +99,21 @@ def trial_from_config(study: Study, config: dict[str, Any]) -> TrialSpec:
     return TrialSpec.from_json(config["trial"])
 
 
-def node() -> dict[str, str]:
-    """The node a trial runs on: its host name and the IP address Ray knows it by."""
-    try:
-        import ray.util
+def node() -> dict[str, str | None]:
+    """The node a trial runs on: its host name, the IP address and the node id Ray knows it by."""
+    import ray
+    import ray.util
 
-        ip = ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - outside Ray (tests, the Ray-free entry point): the host's own
-        ip = socket.gethostbyname(socket.gethostname())
-    return {"node_hostname": socket.gethostname(), "node_ip": ip}
+    if not ray.is_initialized():  # outside Ray (tests, the Ray-free entry point): the host alone
+        return {"node_hostname": socket.gethostname(), "node_ip": None, "node_id": None}
+    return {
+        "node_hostname": socket.gethostname(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
 
 
-def _benchmark(study: Study, where: dict[str, str]) -> Benchmark:
+def _benchmark(study: Study, where: dict[str, str | None]) -> Benchmark:
     """The study's benchmark on this node: its data prepared here on first use, then built once per worker."""
     from mmlo.tasks.errors import DataMissingError
     from mmlo.tasks.registry import get_benchmark, prepare_here
@@ -217,7 +228,12 @@ def run_trial(config: dict[str, Any]) -> None:
     try:
         learner_cfg, train_cfg = spec.learner_config(study), spec.train_config(study)
         benchmark = _benchmark(study, where)
-        record = {**base_record(spec, study, learner_cfg, train_cfg, benchmark), **where, **device_record(device)}
+        record = {
+            **base_record(spec, study, learner_cfg, train_cfg, benchmark),
+            **where,
+            **device_record(device),
+            **_earlier_attempts(run_dir, spec.trial_id),
+        }
         with tempfile.TemporaryDirectory(prefix=f"mmlo-{spec.trial_id}-resume-") as scratch:
             resume_from = _resume_point(tune.get_checkpoint(), config, run_dir, Path(scratch))
             resumed_at = _checkpoint_iteration(resume_from) if resume_from is not None else 0
@@ -238,6 +254,12 @@ def run_trial(config: dict[str, Any]) -> None:
         )
         ledger.write_record(run_dir, record)
         raise
+
+
+def _earlier_attempts(run_dir: RunStore, trial_id: str) -> dict[str, Any]:
+    """What the driver noted of this trial's failed attempts before Tune retried it (the retry keeps it)."""
+    earlier = ledger.read_record(run_dir, trial_id) or {}
+    return {"retries": int(earlier.get("retries") or 0), "retry_reasons": earlier.get("retry_reasons")}
 
 
 def _resume_point(checkpoint: Any, config: dict[str, Any], run_dir: RunStore, scratch: Path) -> Path | None:
