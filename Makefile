@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: setup system study test test-fast bench clean
+.PHONY: setup system study test test-fast bench gpu-check clean
 
 setup: $(VENV)/.installed system
 
@@ -44,6 +44,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/mmlo bench
+
+# On a machine with CUDA: bench on the GPU and the smoke study with gpus_per_trial 0.5; figures in gpu-check.json.
+gpu-check: setup
+	$(BIN)/python scripts/gpu-check --out gpu-check.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

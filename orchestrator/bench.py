@@ -115,9 +115,11 @@ def _seconds_per_iteration(
     outputs: Callable[..., TaskOutput],
     batches: Sequence[TaskBatch],
     iterations: int,
+    device: torch.device,
 ) -> tuple[float, float]:
     """Wall-clock and process CPU seconds per meta-iteration (CPU time is the steadier figure on a shared
-    machine: other processes stretch the wall clock, not this process's CPU time)."""
+    machine: other processes stretch the wall clock, not this process's CPU time). On a GPU the clock is
+    read after the device has finished the queued work."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
 
     def step(batch: TaskBatch) -> None:
@@ -125,16 +127,23 @@ def _seconds_per_iteration(
         outputs(learner, learner.params(), batch, training=True).loss.mean().backward()
         optimizer.step()
 
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for i in range(WARMUP):
         step(batches[i % len(batches)])
+    synchronize()
     tic, cpu = time.perf_counter(), time.process_time()
     for i in range(iterations):
         step(batches[i % len(batches)])
+    synchronize()
     return (time.perf_counter() - tic) / iterations, (time.process_time() - cpu) / iterations
 
 
-def run_case(name: str, iterations: int, threads: int = 1) -> dict[str, Any]:
-    """Time one case in this process: vectorised first, then the per-task loop on the same batches."""
+def run_case(name: str, iterations: int, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
+    """Time one case in this process on ``device``: vectorised first, then the per-task loop on the same
+    batches."""
     import numpy as np
 
     from mmlo.models.allocator import process_allocator, reuse_large_allocations
@@ -149,15 +158,25 @@ def run_case(name: str, iterations: int, threads: int = 1) -> dict[str, Any]:
         bench = build(BenchmarkConfig(name="regression2", shots=5, query=5))
     else:
         bench = RandomImages(case.image_size)
+    on = torch.device(device)
     rng = np.random.default_rng(0)
-    batches = [bench.meta_batch("train", case.meta_batch, rng) for _ in range(BATCH_POOL)]
+    batches = [bench.meta_batch("train", case.meta_batch, rng).to(on) for _ in range(BATCH_POOL)]
     torch.manual_seed(0)
-    learner = build_learner(case.learner, bench)
+    learner = build_learner(case.learner, bench).to(on)
+    gpu_peak: dict[str, Any] = {}
+    if on.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(on)
     vectorised, vectorised_cpu = _seconds_per_iteration(
-        learner, lambda m, p, b, training: m.task_outputs(p, b, training=training), batches, iterations
+        learner, lambda m, p, b, training: m.task_outputs(p, b, training=training), batches, iterations, on
     )
     peak = _peak_rss_mb()
-    loop, loop_cpu = _seconds_per_iteration(learner, reference_loop_outputs, batches, iterations)
+    if on.type == "cuda":
+        gpu_peak["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(on) / 2**20
+        torch.cuda.reset_peak_memory_stats(on)
+    loop, loop_cpu = _seconds_per_iteration(learner, reference_loop_outputs, batches, iterations, on)
+    if on.type == "cuda":
+        gpu_peak["loop_peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(on) / 2**20
+        gpu_peak["gpu"] = torch.cuda.get_device_name(on)
     return {
         "case": name,
         "seconds_per_iteration": vectorised,
@@ -173,18 +192,25 @@ def run_case(name: str, iterations: int, threads: int = 1) -> dict[str, Any]:
         "meta_batch": case.meta_batch,
         "params_total": learner.parameter_counts()["total"],
         "allocator": process_allocator(),
+        "device": on.type,
+        **gpu_peak,
     }
 
 
 def run_bench(
-    cases: list[str] | None, iterations: int, as_json: bool, threads: int = 1, allocator: str = "auto"
+    cases: list[str] | None,
+    iterations: int,
+    as_json: bool,
+    threads: int = 1,
+    allocator: str = "auto",
+    device: str = "cpu",
 ) -> int:
     """Run the named cases (default: all of :data:`CASES`), each in a fresh process; print as they finish.
 
     ``as_json`` prints one JSON object per line (keys ``case, seconds_per_iteration,
     loop_seconds_per_iteration, ratio, peak_rss_mb, allocator`` and more), else a table. ``allocator``
     is ``auto`` (as studies: jemalloc for image cases), ``jemalloc`` or ``system``. Returns the exit
-    code: 0, or 2 for an unknown case name or allocator.
+    code: 0, or 2 for an unknown case name or allocator, or a device this machine does not have.
     """
     from mmlo.models.allocator import choose
 
@@ -195,6 +221,13 @@ def run_bench(
         return 2
     if iterations < 1:
         print("error: --iterations must be at least 1", file=sys.stderr)
+        return 2
+    if device not in ("cpu", "cuda"):
+        print(f"error: unknown device '{device}'; choose cpu or cuda", file=sys.stderr)
+        return 2
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: torch sees no CUDA device on this machine (torch.cuda.is_available() is False)",
+              file=sys.stderr)
         return 2
     if allocator not in ("auto", "jemalloc", "system"):
         print(f"error: unknown allocator '{allocator}'; choose auto, jemalloc or system", file=sys.stderr)
@@ -212,7 +245,7 @@ def run_bench(
         if not environment and description != "system malloc":
             notes.add(description)
         with _environment(environment), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            row = pool.submit(run_case, name, iterations, threads).result()
+            row = pool.submit(run_case, name, iterations, threads, device).result()
         if as_json:
             print(json.dumps(row), flush=True)
         else:
@@ -252,5 +285,6 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--allocator", choices=["auto", "jemalloc", "system"], default="auto")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ns = parser.parse_args()
-    sys.exit(run_bench(ns.case, ns.iterations, ns.json, ns.threads, ns.allocator))
+    sys.exit(run_bench(ns.case, ns.iterations, ns.json, ns.threads, ns.allocator, ns.device))

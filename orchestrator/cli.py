@@ -184,6 +184,13 @@ class AllocatorPolicy(str, Enum):
     system = "system"
 
 
+class BenchDevice(str, Enum):
+    """Where ``mmlo bench`` times its cases."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 class ResultFormat(str, Enum):
     table = "table"
     csv = "csv"
@@ -254,13 +261,16 @@ def bench(
             help="auto: as studies (jemalloc for image cases, where libjemalloc2 is installed); or force one.",
         ),
     ] = AllocatorPolicy.auto,
+    device: Annotated[
+        BenchDevice, typer.Option("--device", help="cpu, or cuda (the first GPU torch sees) on a CUDA machine.")
+    ] = BenchDevice.cpu,
 ) -> None:
     """Speed benchmark: seconds per meta-iteration and peak memory, vectorised vs a per-task loop."""
 
     def body() -> int:
         from mmlo.orchestrator.bench import run_bench
 
-        return run_bench(case or None, iterations, as_json, allocator=allocator.value)
+        return run_bench(case or None, iterations, as_json, allocator=allocator.value, device=device.value)
 
     raise typer.Exit(_guard(body))
 

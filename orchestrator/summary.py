@@ -17,7 +17,7 @@ def local_concurrency(study: Study, cpus: float | None = None, gpus: float | Non
     fits = math.floor(cpus / res.cpus_per_trial + 1e-9)
     reason = f"{cpus:g} CPUs / {res.cpus_per_trial:g} per trial"
     if res.gpus_per_trial > 0:
-        gpus = 0.0 if gpus is None else gpus
+        gpus = float(local_gpus()) if gpus is None else gpus
         by_gpu = math.floor(gpus / res.gpus_per_trial + 1e-9)
         reason += f", {gpus:g} GPUs / {res.gpus_per_trial:g} per trial"
         fits = min(fits, by_gpu)
@@ -25,6 +25,32 @@ def local_concurrency(study: Study, cpus: float | None = None, gpus: float | Non
         fits = res.max_concurrent
         reason += f", capped by resources.max_concurrent={res.max_concurrent}"
     return fits, reason
+
+
+def local_gpus() -> int:
+    """CUDA devices this machine has (0 without CUDA)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def gpu_lines(study: Study) -> list[str]:
+    """How GPUs are shared, in words, when trials ask for them."""
+    res = study.resources
+    if res.gpus_per_trial <= 0:
+        return []
+    share = 1.0 / res.gpus_per_trial
+    sharing = (
+        f"{share:g} trials share one GPU (Ray divides devices, not their memory: each trial should fit in "
+        f"1/{share:g} of it)"
+        if res.gpus_per_trial < 1
+        else f"each trial gets {res.gpus_per_trial:g} whole GPU(s)"
+    )
+    return [
+        f"  gpus       {res.gpus_per_trial:g} per trial: {sharing}; Ray sets CUDA_VISIBLE_DEVICES for each trial",
+        f"             a node with C CPUs and G GPUs runs min(C / {res.cpus_per_trial:g}, G / {res.gpus_per_trial:g}) "
+        "trials at once; a cluster runs the sum over its nodes",
+    ]
 
 
 def _describe_param(name: str, p: SearchParam) -> str:
@@ -80,6 +106,7 @@ def summarize(study: Study, file: Path | str) -> str:
             f"({t.source_split} -> {t.target_split})"
         )
     fits, reason = local_concurrency(study)
+    lines.extend(gpu_lines(study))
     lines.append(f"  trials     {study.trial_count()} in all; {fits} at once on this machine ({reason})")
     if fits == 0:
         lines.append(

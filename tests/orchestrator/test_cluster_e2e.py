@@ -346,8 +346,58 @@ def test_driver_killed_then_resumed_loses_nothing(rig: Rig, killed_and_resumed: 
     assert not episodes.select("trial_id", "mode", "episode").is_duplicated().any()
 
 
+def class_folders(root: Path, classes: int = 5, per_class: int = 6, side: int = 12) -> None:
+    """A tiny real dataset in the 'folder' layout (<root>/<split>/<class>/<image>), one mean colour a class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for s, split in enumerate(("train", "val", "test")):
+        for c in range(classes):
+            folder = root / split / f"class{s}{c}"
+            folder.mkdir(parents=True)
+            colour = rng.integers(0, 256, size=3)
+            for i in range(per_class):
+                noise = rng.integers(-20, 21, size=(side, side, 3))
+                Image.fromarray(np.clip(colour + noise, 0, 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
+
+
 @pytest.fixture(scope="module")
-def node_lost(rig: Rig, killed_and_resumed: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def data_missing(rig: Rig, killed_and_resumed: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real dataset under the driver's /tmp, which the worker node cannot see: its trials there must fail
+    at once, naming the node and the path, while the head node's trials train."""
+    cwd = tmp_path_factory.mktemp("datamissing")
+    root = cwd / "data"
+    class_folders(root)
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec.update(name="datamissing", seeds=[0, 1, 2, 3], phases=["ablation"],
+                arms=[{"name": "ProtoNet", "learner": "protonet"}])
+    spec["benchmark"] = {"name": "folder", "root": str(root), "ways": 5, "shots": 1, "query": 5, "image_size": 16}
+    for key in ("search", "scheduler", "transference"):
+        spec.pop(key, None)
+    file = cwd / "datamissing.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    result = mmlo(rig, "study", str(file), "--address", rig.address, "--out", rig.uri("datamissing"),
+                  "--no-dashboard", cwd=cwd)
+    return result, root, rig.store("datamissing/datamissing")
+
+
+def test_a_node_without_the_data_fails_its_trials_and_the_study_goes_on(rig: Rig, data_missing: Any) -> None:
+    # trials on the node without the dataset fail naming node and path; the other node's trials complete
+    result, root, store = data_missing
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = read_parquet(store, "trials.parquet")
+    assert trials.height == 4
+    failed = trials.filter(pl.col("state") == "failed")
+    completed = trials.filter(pl.col("state") == "completed")
+    assert failed.height >= 1 and completed.height >= 1, trials.select("trial_id", "state", "node_id")
+    assert set(failed["node_id"]) == {rig.worker_id} and set(completed["node_id"]) == {rig.head_id}
+    for reason in failed["failure_reason"]:
+        assert reason.startswith("DataMissingError: on node ") and str(root) in reason, reason
+
+
+@pytest.fixture(scope="module")
+def node_lost(rig: Rig, data_missing: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Two long trials, one per node; the worker node is killed while its trial trains. Runs last: the rig
     has one node afterwards."""
     cwd = tmp_path_factory.mktemp("nodeloss")
