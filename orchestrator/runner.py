@@ -132,14 +132,19 @@ def run_study(
     wall_start = time.perf_counter()
     output = normalise_location(out) if out is not None else study.output
     study = study.model_copy(update={"output": output})
+    phases = study.resolved_phases
+    space = compile_space(study, study_file) if {"search", "confirm"} & set(phases) else None
+    where = "--out" if out is not None else "output"
     try:
         run_dir = RunStore.open(output).child(study.name)
         run_dir.check_reachable()
     except StorageError as err:
-        raise UserError(f"--out: {err}") from None
-    phases = study.resolved_phases
-    space = compile_space(study, study_file) if {"search", "confirm"} & set(phases) else None
+        raise UserError(f"{where}: {err}") from None
     _check_run_dir(run_dir, study, resume)
+    try:
+        run_dir.check_writable()
+    except StorageError as err:
+        raise UserError(f"{where}: {err}") from None
     benchmark = _driver_benchmark(study, address)
     run_dir.write_text(SPEC_FILE, dump_study(study))
     record = provenance.start_session(
@@ -173,7 +178,7 @@ def run_study(
             )
     # The report is written after the session is closed, so its header has the finished time and wall time.
     _write_report(run_dir)
-    print(f"results: mmlo results {run_dir}", flush=True)
+    print(f"results: mmlo results {shlex.quote(run_dir.where())}", flush=True)
     return code
 
 
@@ -300,6 +305,8 @@ def _run(run: Run, dashboard: bool) -> int:
         f"{len(done)} already finished; run directory {run_dir}",
         flush=True,
     )
+    if not run_dir.is_local:
+        print(f"driver log (on this machine): {run.logs / DRIVER_LOG}", flush=True)
     threads = max(1, int(study.resources.cpus_per_trial))
     if run.address is None and study.resources.gpus_per_trial == 0:
         planned = list(ablation)
@@ -326,7 +333,10 @@ def _run(run: Run, dashboard: bool) -> int:
     final = ledger.finished(run_dir)
     failed = sorted(t for t, r in final.items() if r["state"] == "failed")
     if failed:
-        print(f"{len(failed)} trial(s) failed (reasons in trials.parquet, `mmlo status {run_dir}`): {', '.join(failed)}")
+        print(
+            f"{len(failed)} trial(s) failed (reasons in trials.parquet, `mmlo status {shlex.quote(run_dir.where())}`): "
+            + ", ".join(failed)
+        )
     return 0
 
 
@@ -874,6 +884,9 @@ def _write_report(run_dir: RunStore) -> None:
     try:
         path = write_report(run_dir)
     except Exception as err:  # noqa: BLE001 - the Parquet tables are the study's result; the report is a view
-        print(f"report: not written ({type(err).__name__}: {err}); retry with `mmlo report {run_dir}`", file=sys.stderr)
+        print(
+            f"report: not written ({type(err).__name__}: {err}); retry with `mmlo report {shlex.quote(run_dir.where())}`",
+            file=sys.stderr,
+        )
         return
     print(f"report: {path}", flush=True)

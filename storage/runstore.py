@@ -256,12 +256,28 @@ class RunStore:
         return self.path(TUNE_DIR), self.fs
 
     def check_reachable(self) -> None:
-        """Fail with a clear message when the store cannot be listed (no credentials, a wrong endpoint)."""
+        """Fail with a clear message when the store cannot be listed (no credentials, a wrong endpoint, a
+        bucket that does not exist)."""
         try:
             self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False, allow_not_found=True))
+            if not self.is_local:
+                bucket = self.root.split("/", 1)[0]
+                if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                    raise StorageError(f"{self}: the bucket '{bucket}' does not exist; create it first")
+        except StorageError:
+            raise
         except Exception as err:  # noqa: BLE001 - pyarrow's S3 errors are plain OSErrors with the reason
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise StorageError(f"{self}: storage not reachable from {_node()}: {text}") from None
+            raise StorageError(f"{self}: storage not reachable from {_node()}: {_first_line(err)}") from None
+
+    def check_writable(self) -> None:
+        """Fail with a clear message unless a file can be written and removed here (a run about to start)."""
+        self.check_reachable()
+        probe = f".mmlo-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            self.write_bytes(probe, b"")
+            self.delete(probe)
+        except Exception as err:  # noqa: BLE001 - permission, quota, read-only mounts: all say the same
+            raise StorageError(f"{self}: cannot write here from {_node()}: {_first_line(err)}") from None
 
     def _info(self, rel: str) -> pafs.FileInfo:
         return self.fs.get_file_info(self.path(rel))
@@ -285,7 +301,12 @@ def shown(uri: str) -> str:
 def _node() -> str:
     import socket
 
-    return f"node {socket.gethostname()}"
+    return socket.gethostname()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_parquet(store: RunStore, rel: str) -> Any:
