@@ -200,7 +200,8 @@ def journal_storage(store: RunStore) -> optuna.storages.BaseStorage:
     """
     import optuna
 
-    if store.is_local:
+    if store.local_path is not None:
+        store.local_path.mkdir(parents=True, exist_ok=True)
         backend: Any = optuna.storages.journal.JournalFileBackend(store.path(JOURNAL_FILE))
     else:
         backend = _segment_backend(store)
