@@ -216,6 +216,8 @@ def run_trial(config: dict[str, Any]) -> None:
     ids = {"study": study.name, "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
     where = node()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The actor's log (the dashboard's "Log" link) says which trial a reused actor is running.
+    print(f"mmlo {study.name}/{spec.trial_id} ({spec.arm}, seed {spec.seed}) starts on {device}", flush=True)
     record: dict[str, Any] = {
         **ids,
         "state": "running",

@@ -242,6 +242,17 @@ def _header(run: RunData) -> str:
     if machine:
         text = ", ".join(f"{k} {v}" for k, v in machine.items()) if isinstance(machine, Mapping) else str(machine)
         facts.append(("machine", _e(text)))
+    storage = prov.get("storage")
+    if storage:
+        facts.append(("run directory", f"<code>{_e(storage)}</code>"))
+    if "node_id" in run.trials.columns:
+        nodes = run.trials.filter(pl.col("node_id").is_not_null()).group_by("node_id", "node_hostname", "node_ip").len()
+        if nodes.height > 1 or (nodes.height == 1 and prov.get("ray_address")):
+            where = ", ".join(
+                f"{r['node_hostname']} ({r['node_ip']}, {r['node_id'][:8]}): {r['len']}"
+                for r in nodes.sort("node_ip", "node_id").iter_rows(named=True)
+            )
+            facts.append(("nodes", _e(f"trials per node: {where}")))
     concurrency = _lookup(prov, "concurrency")
     if isinstance(concurrency, Mapping):
         at_once = [
@@ -258,7 +269,7 @@ def _header(run: RunData) -> str:
     journal = run.store.where("optuna.journal")
     if run.store.is_local and run.store.exists("optuna.journal"):
         dashboards.append(
-            f"Optuna: <code>optuna-dashboard {_e(journal)}</code> (needs <code>pip install 'mmlo[dashboard]'</code>)"
+            f"Optuna: <code>optuna-dashboard {_e(journal)}</code> (installed by <code>make setup</code>)"
         )
     if dashboards:
         facts.append(("dashboards", "<br>".join(dashboards)))
