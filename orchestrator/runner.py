@@ -36,6 +36,7 @@ import yaml
 
 from mmlo.models.allocator import choose as choose_allocator
 from mmlo.orchestrator import ledger, provenance, sink
+from mmlo.orchestrator.checkpoints import latest_checkpoints
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.estimate import PHASE_START_S, SESSION_OVERHEAD_S, estimate_trials, makespan
 from mmlo.orchestrator.phases import AfterSearch, Planned, Sampled, Stage, StudySearcher
@@ -50,10 +51,8 @@ from mmlo.orchestrator.progress import StudyProgress, duration
 from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
 from mmlo.orchestrator.spec import Study, dump_study
 from mmlo.orchestrator.summary import local_concurrency
-from mmlo.orchestrator.checkpoints import latest_checkpoints
-from mmlo.storage import LOGS_DIR, SPEC_FILE, RunStore, StorageError, normalise_location
 from mmlo.orchestrator.trainable import reuse_actors, trial_actor_class, trial_constants, trial_from_config
-from mmlo.tasks.offline4 import cache_root
+from mmlo.storage import LOGS_DIR, SPEC_FILE, RunStore, StorageError, normalise_location
 
 #: What Ray and Tune read from the environment: the legacy (quiet) reporter, our own Ctrl-C handling.
 RAY_ENVIRONMENT = {
@@ -222,6 +221,8 @@ def _logs_dir(run_dir: RunStore) -> Path:
     if run_dir.local_path is not None:
         path = run_dir.local_path / LOGS_DIR
     else:
+        from mmlo.tasks.offline4 import cache_root
+
         digest = hashlib.sha256(run_dir.uri.encode()).hexdigest()[:10]
         path = cache_root() / "driver-logs" / f"{run_dir.name}-{digest}"
     path.mkdir(parents=True, exist_ok=True)

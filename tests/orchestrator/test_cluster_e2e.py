@@ -302,7 +302,9 @@ def test_results_and_report_read_the_bucket(rig: Rig, straight: dict[str, Any], 
     assert "ProtoNet" in results.stdout and "KML-ProtoNet" in results.stdout and "all" in results.stdout
     report = mmlo(rig, "report", rig.uri("straight/smoke"), "--out", str(tmp_path / "r.html"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert "<h1>Study smoke</h1>" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<h1>Study smoke</h1>" in html
+    assert f"{rig.head_id[:8]}):" in html and f"{rig.worker_id[:8]}):" in html, "trials per node in the header"
 
 
 def test_dashboard_lists_the_trials_by_name(rig: Rig, straight: dict[str, Any]) -> None:
