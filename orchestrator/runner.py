@@ -47,6 +47,7 @@ from mmlo.orchestrator.plan import (
     search_trial,
 )
 from mmlo.orchestrator.progress import StudyProgress, duration
+from mmlo.orchestrator.recovery import rerun_damaged
 from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
 from mmlo.orchestrator.spec import Study, dump_study
 from mmlo.orchestrator.summary import local_concurrency
@@ -292,6 +293,8 @@ def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 def _run(run: Run, dashboard: bool) -> int:
     study, run_dir = run.study, run.run_dir
+    for line in rerun_damaged(run_dir, study.name):
+        print(line, flush=True)
     done = ledger.finished(run_dir)
     ablation = [t for t in ablation_trials(study) if t.trial_id not in done]
     n_search = _search_left(run, done)

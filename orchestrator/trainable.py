@@ -39,6 +39,8 @@ from mmlo.storage import RunStore
 from mmlo.tasks.base import Benchmark
 
 FAIL_ARM_ENV = "MMLO_FAIL_ARM"
+#: How torch's CPU allocator words a failed allocation (a RuntimeError, unlike CUDA's OutOfMemoryError).
+CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
 
 #: A reused actor runs many trials of one study: the benchmark (its image banks) is built once per worker.
 _benchmarks: dict[str, Benchmark] = {}
@@ -147,6 +149,9 @@ def failure_reason(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         kind = "out of memory"
+    elif CPU_ALLOCATOR_FAILED in text:
+        # torch reports a failed CPU allocation as a RuntimeError whose message begins with its C++ assertion.
+        kind, text = "out of memory", text[text.index(CPU_ALLOCATOR_FAILED) :]
     else:
         kind = type(err).__name__
     return f"{kind}: {text}" if text else kind
@@ -236,9 +241,9 @@ def run_trial(config: dict[str, Any]) -> None:
         }
         with tempfile.TemporaryDirectory(prefix=f"mmlo-{spec.trial_id}-resume-") as scratch:
             resume_from = _resume_point(tune.get_checkpoint(), config, run_dir, Path(scratch))
-            resumed_at = _checkpoint_iteration(resume_from) if resume_from is not None else 0
+            resumed_at, resumed_elapsed = _checkpoint_progress(resume_from) if resume_from is not None else (0, 0.0)
             ledger.rewind(run_dir, spec.trial_id, resumed_at)
-            record["iterations_done"] = resumed_at
+            record.update(iterations_done=resumed_at, wall_seconds=resumed_elapsed)
             ledger.write_record(run_dir, record)
             if os.environ.get(FAIL_ARM_ENV) == spec.arm:
                 raise DeliberateFailure(f"{FAIL_ARM_ENV}={spec.arm} asks this arm's trials to fail")
@@ -273,12 +278,14 @@ def _resume_point(checkpoint: Any, config: dict[str, Any], run_dir: RunStore, sc
     return run_dir.download_dir(found, scratch / "run") if not run_dir.is_local else Path(run_dir.path(found))
 
 
-def _checkpoint_iteration(directory: Path) -> int:
+def _checkpoint_progress(directory: Path) -> tuple[int, float]:
+    """The iteration a checkpoint was written at and the trial's training seconds until then."""
     import torch
 
     from mmlo.models.training import load_checkpoint
 
-    return int(load_checkpoint(directory, torch.device("cpu"))["iteration"])
+    payload = load_checkpoint(directory, torch.device("cpu"))
+    return int(payload["iteration"]), float(payload["elapsed_s"])
 
 
 def _train(
@@ -300,7 +307,7 @@ def _train(
     learner_cfg, train_cfg = configs
     hook = _transference_hook(study, spec, train_cfg, benchmark)
     held: list[tuple[dict[str, float], Path | None]] = []
-    last_report = {"elapsed_s": 0.0, "at": time.perf_counter()}
+    last_report = {"elapsed_s": float(record.get("wall_seconds") or 0.0), "at": time.perf_counter()}
 
     def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
         iteration = int(metrics["iteration"])
@@ -344,6 +351,11 @@ def _train(
             }
         )
         ledger.write_record(run_dir, record)
+        if not held:
+            # Resumed from the checkpoint of its last iteration (its record was lost): nothing was trained or
+            # validated, only the test episodes ran again; Tune still needs the trial's final metric.
+            held.append(({"iteration": result.iterations_done, "elapsed_s": record["wall_seconds"],
+                          "val_metric": result.final_val_metric}, None))
         for metrics, checkpoint in held:
             _report(tune, {**metrics, "test_metric": result.test_metric}, checkpoint)
 
