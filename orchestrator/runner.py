@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from mmlo.models.allocator import choose as choose_allocator
-from mmlo.orchestrator import ledger, provenance, sink
+from mmlo.orchestrator import lease, ledger, provenance, sink
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.estimate import PHASE_START_S, SESSION_OVERHEAD_S, estimate_trials, makespan
 from mmlo.orchestrator.phases import AfterSearch, Planned, Sampled, Stage, StudySearcher
@@ -130,6 +130,25 @@ def run_study(
     whose spec changed), ``DataMissingError`` when the benchmark's data is absent, and ``KeyboardInterrupt``
     after a clean stop on Ctrl-C (the CLI exits 130), having printed the command that resumes.
     """
+    with ExitStack() as held:
+        return _run_study(
+            study, held, study_file=study_file, out=out, address=address, max_concurrent=max_concurrent,
+            resume=resume, dashboard=dashboard,
+        )
+
+
+def _run_study(
+    study: Study,
+    held: ExitStack,
+    *,
+    study_file: Path | str,
+    out: Path | str | None,
+    address: str | None,
+    max_concurrent: int | None,
+    resume: bool,
+    dashboard: bool,
+) -> int:
+    """:func:`run_study`, holding the run directory's lease in ``held`` from the moment it is known."""
     wall_start = time.perf_counter()
     output = normalise_location(out) if out is not None else study.output
     study = study.model_copy(update={"output": output})
@@ -138,6 +157,8 @@ def run_study(
         run_dir.check_reachable()
     except StorageError as err:
         raise UserError(f"--out: {err}") from None
+    # Before anything reads or writes the run directory: a second driver would run the same trials twice.
+    held.enter_context(lease.hold(run_dir))
     phases = study.resolved_phases
     space = compile_space(study, study_file) if {"search", "confirm"} & set(phases) else None
     _check_run_dir(run_dir, study, resume)
