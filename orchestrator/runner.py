@@ -52,7 +52,17 @@ from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
 from mmlo.orchestrator.spec import Study, dump_study
 from mmlo.orchestrator.summary import local_concurrency
 from mmlo.orchestrator.checkpoints import latest_checkpoints
-from mmlo.storage import LOGS_DIR, SPEC_FILE, RunStore, StorageError, normalise_location
+from mmlo.storage import (
+    LOGS_DIR,
+    SPEC_FILE,
+    RunStore,
+    StorageError,
+    StorageFull,
+    join_location,
+    normalise_location,
+    shown,
+    storage_full,
+)
 from mmlo.orchestrator.trainable import reuse_actors, trial_actor_class, trial_constants, trial_from_config
 from mmlo.tasks.offline4 import cache_root
 
@@ -106,12 +116,7 @@ class Run:
         return "accuracy" if self.higher_is_better else "mse"
 
     def resume_command(self) -> str:
-        words = ["mmlo", "study", str(self.study_file.resolve()), "--out", self.output, "--resume"]
-        if self.address:
-            words += ["--address", self.address]
-        if self.max_concurrent:
-            words += ["--max-concurrent", str(self.max_concurrent)]
-        return shlex.join(words)
+        return resume_command(self.study_file, self.output, self.address, self.max_concurrent)
 
 
 def run_study(
@@ -131,10 +136,21 @@ def run_study(
     after a clean stop on Ctrl-C (the CLI exits 130), having printed the command that resumes.
     """
     with ExitStack() as held:
-        return _run_study(
-            study, held, study_file=study_file, out=out, address=address, max_concurrent=max_concurrent,
-            resume=resume, dashboard=dashboard,
-        )
+        try:
+            return _run_study(
+                study, held, study_file=study_file, out=out, address=address, max_concurrent=max_concurrent,
+                resume=resume, dashboard=dashboard,
+            )
+        except Exception as err:
+            if not storage_full(err):
+                raise
+            output = normalise_location(out) if out is not None else study.output
+            raise StorageFull(
+                f"the storage under {shown(join_location(output, study.name))} is full (no space left on the device, "
+                "or the quota is used up); the study stopped. Finished trials are kept and every table holds its "
+                "last complete version. Free space there, then resume with:\n  "
+                + resume_command(Path(study_file), output, address, max_concurrent)
+            ) from None
 
 
 def _run_study(
@@ -182,10 +198,12 @@ def _run_study(
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
+    except Exception as err:
+        if storage_full(err):
+            outcome = "storage full"
+        raise
     finally:
-        _write_tables(run)
-        provenance.finish_session(run_dir, outcome, time.perf_counter() - wall_start)
-        _keep_driver_log(run)
+        _close_session(run, outcome, time.perf_counter() - wall_start)
         if outcome == "interrupted":
             done = len(ledger.finished(run_dir))
             print(
@@ -197,6 +215,35 @@ def _run_study(
     _write_report(run_dir)
     print(f"results: mmlo results {run_dir}", flush=True)
     return code
+
+
+def _close_session(run: Run, outcome: str, wall_s: float) -> None:
+    """Rewrite the tables, record the session's end, keep the driver log. On full storage each step is still
+    tried (every write is atomic: one that fails leaves the last complete version), then the error is raised."""
+    full: OSError | None = None
+    for step in (
+        lambda: _write_tables(run),
+        lambda: provenance.finish_session(run.run_dir, outcome, wall_s),
+        lambda: _keep_driver_log(run),
+    ):
+        try:
+            step()
+        except OSError as err:
+            if not storage_full(err):
+                raise
+            full = full or err
+    if full is not None:
+        raise full
+
+
+def resume_command(study_file: Path, output: str, address: str | None, max_concurrent: int | None) -> str:
+    """The command that resumes a study: the same file, run directory, cluster and cap, plus --resume."""
+    words = ["mmlo", "study", str(study_file.resolve()), "--out", output, "--resume"]
+    if address:
+        words += ["--address", address]
+    if max_concurrent:
+        words += ["--max-concurrent", str(max_concurrent)]
+    return shlex.join(words)
 
 
 def _driver_benchmark(study: Study, address: str | None) -> Any:
@@ -426,6 +473,14 @@ def _plan_display(
             progress.plan(f"{CONFIRM_PENDING}{i}", "confirm", _expected(run, probe), probe.iterations)
 
 
+class _LogFile(logging.FileHandler):
+    """The driver log. A line it cannot write (its disk is full) is dropped: logging would print a traceback
+    per line on the terminal, and the study says itself why it stops."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextmanager
 def _logs_to_file(path: Path) -> Iterator[Callable[[], None]]:
     """Send Ray's, Tune's and Optuna's log records to ``path`` instead of the terminal, for the duration.
@@ -440,7 +495,7 @@ def _logs_to_file(path: Path) -> Iterator[Callable[[], None]]:
     import ray.tune  # noqa: F401
 
     optuna.logging.disable_default_handler()
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in (*LOGGERS, "py.warnings")]
     saved = [(logger, list(logger.handlers), logger.propagate) for logger in loggers]
@@ -636,6 +691,9 @@ def _tune_callback(run: Run, progress: StudyProgress) -> Any:
 
         def _ended(self, trial: Any, error: str | None) -> None:
             trial_id = _trial_id(trial.config)
+            if error is not None and storage_full(error):
+                # The trial did not fail; the storage did. Its record stays unfinished for --resume.
+                raise StorageFull(f"{trial_id}: {error}")
             phase = _phase_of(trial.config)
             first, _, count = self.phases.get(phase, (time.monotonic(), 0.0, 1))
             self.phases[phase] = (first, time.monotonic(), count)
@@ -673,6 +731,9 @@ def _failure_text(run: Run, trial: Any, wait_s: float = 20.0) -> str:
     text = _error_text(trial)
     if not any(marker in text.lower() for marker in _ACTOR_LOST):
         return text
+    # Ray follows its verdict with a paragraph of guesses (the OOM killer, `ray stop`, a segfault); the verdict
+    # and the exit type are what the record needs.
+    text = text.split(" Worker exit detail:", 1)[0].strip()
     record = ledger.read_record(run.run_dir, _trial_id(trial.config)) or {}
     node_id = record.get("node_id")
     if not node_id:

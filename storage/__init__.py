@@ -11,12 +11,14 @@ from mmlo.storage.runstore import (
     TUNE_DIR,
     RunStore,
     StorageError,
+    StorageFull,
     is_uri,
     join_location,
     jsonable,
     normalise_location,
     read_parquet,
     shown,
+    storage_full,
     write_parquet,
 )
 
@@ -28,11 +30,13 @@ __all__ = [
     "TUNE_DIR",
     "RunStore",
     "StorageError",
+    "StorageFull",
     "is_uri",
     "join_location",
     "jsonable",
     "normalise_location",
     "read_parquet",
     "shown",
+    "storage_full",
     "write_parquet",
 ]
