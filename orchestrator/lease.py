@@ -223,7 +223,7 @@ def hold(
     on_lost: Callable[[Lease], None] = _stop_this_driver,
 ) -> Iterator[Lease]:
     """Hold the run directory's lease for the duration, heartbeating from a daemon thread."""
-    existed = store.exists()
+    created = _missing_folders(store)
     lease = acquire(store, settle_s=settle_s, stale_after_s=stale_after_s)
     stop = threading.Event()
 
@@ -247,12 +247,22 @@ def hold(
             lease.release()
         except OSError as err:
             print(f"note: could not remove the lease {store.where(LEASE_FILE)} ({err})", file=sys.stderr)
-        if not existed and store.local_path is not None:
-            # A driver that stopped before writing anything (a refused --resume) leaves no empty folder behind.
+        # A driver that stopped before writing anything (a refused --resume) leaves no empty folders behind.
+        for folder in created:
             try:
-                store.local_path.rmdir()
+                folder.rmdir()
             except OSError:
-                pass
+                break
+
+
+def _missing_folders(store: RunStore) -> list[Path]:
+    """The folders, deepest first, that writing the lease will create on a file system (none on a store)."""
+    missing: list[Path] = []
+    folder = store.local_path
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _when(stamp: float) -> str:

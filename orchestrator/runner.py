@@ -173,10 +173,10 @@ def _run_study(
         run_dir.check_reachable()
     except StorageError as err:
         raise UserError(f"--out: {err}") from None
-    # Before anything reads or writes the run directory: a second driver would run the same trials twice.
-    held.enter_context(lease.hold(run_dir))
     phases = study.resolved_phases
     space = compile_space(study, study_file) if {"search", "confirm"} & set(phases) else None
+    # Before anything reads or writes the run directory: a second driver would run the same trials twice.
+    held.enter_context(lease.hold(run_dir))
     _check_run_dir(run_dir, study, resume)
     benchmark = _driver_benchmark(study, address)
     run_dir.write_text(SPEC_FILE, dump_study(study))
@@ -739,7 +739,8 @@ def _failure_text(run: Run, trial: Any, wait_s: float = 20.0) -> str:
     if not node_id:
         return text
     where = f"node {record.get('node_hostname')} ({record.get('node_ip')}, id {str(node_id)[:12]})"
-    if _node_died(node_id, wait_s):
+    # The cluster this driver started has one node, this machine: it cannot have died under a running driver.
+    if run.address is not None and _node_died(node_id, wait_s):
         return f"{where} died during the trial: {text}"
     return f"the trial's worker process on {where} died: {text}"
 

@@ -207,5 +207,5 @@ def test_refused_resume_leaves_no_empty_folder(tmp_path: Path) -> None:
 
     study = parse_study({"name": "nothing", "benchmark": {"name": "regression2"}, "arms": [{"name": "M", "learner": "maml"}]})
     with pytest.raises(UserError, match="no run to resume"):
-        run_study(study, study_file=tmp_path / "s.yaml", out=tmp_path, resume=True, dashboard=False)
-    assert not (tmp_path / "nothing").exists()
+        run_study(study, study_file=tmp_path / "s.yaml", out=tmp_path / "new" / "runs", resume=True, dashboard=False)
+    assert list(tmp_path.iterdir()) == []
