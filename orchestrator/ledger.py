@@ -158,6 +158,19 @@ def read_table(run_dir: Run, rel: str) -> pl.DataFrame | None:
     return read_parquet(RunStore.open(run_dir), rel)
 
 
+def damaged_tables(run_dir: Run) -> list[str]:
+    """Parquet part files (episodes, transference) that exist but cannot be read, relative to the run
+    directory. Reads every part, so the driver asks once per session, not ``mmlo status``."""
+    store = RunStore.open(run_dir)
+    bad = []
+    for rel in [*episode_files(store), *transference_files(store)]:
+        try:
+            read_table(store, rel)
+        except Exception:  # noqa: BLE001 - polars and pyarrow raise several types for a damaged file
+            bad.append(rel)
+    return bad
+
+
 def remove_trial(run_dir: Run, trial_id: str) -> None:
     """Delete an abandoned trial's part files (an interrupted search trial that is sampled again)."""
     RunStore.open(run_dir).delete(trial_dir(run_dir, trial_id))

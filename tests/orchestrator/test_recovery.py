@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import polars as pl
 
 from mmlo.orchestrator import ledger
 from mmlo.orchestrator.recovery import rerun_damaged
@@ -58,3 +59,24 @@ def test_damaged_search_record_requeues_its_point_once(tmp_path: Path) -> None:
 def test_nothing_damaged_nothing_printed(tmp_path: Path) -> None:
     # a healthy run directory (or none yet) costs one listing and prints nothing
     assert rerun_damaged(RunStore.open(tmp_path / "absent"), "r") == []
+
+
+def test_damaged_episodes_and_transference_parts(tmp_path: Path) -> None:
+    # a completed trial whose episodes.parquet is cut short becomes unfinished (it runs again); an unreadable
+    # transference part is removed and the line names the command that measures it again
+    run = RunStore.open(tmp_path / "r")
+    ledger.write_record(run, {"trial_id": "ablation-00-s0", "state": "completed", "phase": "ablation"})
+    ledger.write_record(run, {"trial_id": "ablation-01-s0", "state": "completed", "phase": "ablation"})
+    frame = pl.DataFrame({"x": list(range(100))})
+    ledger.write_episodes(run, "ablation-00-s0", frame)
+    ledger.write_episodes(run, "ablation-01-s0", frame)
+    ledger.write_transference(run, "ablation-01-s0", 4, frame)
+    for rel in ("parts/ablation-00-s0/episodes.parquet", "parts/ablation-01-s0/transference-00000004.parquet"):
+        path = Path(run.path(rel))
+        path.write_bytes(path.read_bytes()[:50])
+    lines = rerun_damaged(run, "r")
+    assert lines[0].endswith("episodes.parquet (unreadable): ablation-00-s0 runs again from scratch (no checkpoint)")
+    assert "transference-00000004.parquet (unreadable): removed" in lines[1]
+    assert f"mmlo transference {run} --trial ablation-01-s0 --checkpoint 4" in lines[1]
+    assert sorted(ledger.finished(run)) == ["ablation-01-s0"]
+    assert ledger.damaged_tables(run) == [] and ledger.read_table(run, "parts/ablation-01-s0/episodes.parquet") is not None

@@ -34,6 +34,8 @@ MMLO = [str(Path(sys.executable).with_name("mmlo"))]
 TIMEOUT_S = 600
 #: The trial records the damaged-ledger test cuts short: an ablation trial and a search trial.
 DAMAGED = ("ablation-00-s0", "search-001")
+#: The trial whose episodes.parquet that test cuts short.
+DAMAGED_EPISODES = "ablation-01-s0"
 
 
 def mmlo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,7 +91,8 @@ def killed_and_resumed(
 def damaged_and_resumed(
     straight: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
-    """A copy of the finished smoke run with two trial records cut short (one ablation, one search), resumed."""
+    """A copy of the finished smoke run with two trial records (one ablation, one search) and one trial's test
+    episodes cut short, resumed."""
     _, finished = straight
     out = tmp_path_factory.mktemp("damaged")
     run_dir = out / "smoke"
@@ -97,6 +100,8 @@ def damaged_and_resumed(
     for trial_id in DAMAGED:
         record = run_dir / ledger.trial_dir(run_dir, trial_id) / ledger.RECORD_FILE
         record.write_bytes(record.read_bytes()[:100])
+    episodes = run_dir / ledger.trial_dir(run_dir, DAMAGED_EPISODES) / ledger.EPISODES_FILE
+    episodes.write_bytes(episodes.read_bytes()[:100])
     return mmlo("study", str(SMOKE), "--out", str(out), "--resume", "--no-dashboard"), finished, run_dir
 
 
@@ -235,13 +240,14 @@ def test_failing_arms_are_recorded_and_the_study_completes(failing: Any, straigh
 
 
 def test_damaged_records_are_named_and_their_trials_run_again(damaged_and_resumed: Any, smoke: Any) -> None:
-    # resume over truncated trial.json files: exit 0, each named by path; the ablation trial re-runs from its
-    # final checkpoint with the same test episodes; the search trial's point runs again as a new search trial
+    # resume over truncated part files: exit 0, each named by path; the ablation trials re-run from their final
+    # checkpoints with the same test episodes; the search trial's point runs again as a new search trial
     resumed, finished, run_dir = damaged_and_resumed
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Traceback" not in resumed.stdout + resumed.stderr
     for trial_id in DAMAGED:
         assert f"damaged trial record {run_dir / 'parts' / trial_id / 'trial.json'} (unreadable)" in resumed.stdout
+    assert f"damaged part file {run_dir / 'parts' / DAMAGED_EPISODES / 'episodes.parquet'} (unreadable)" in resumed.stdout
     assert ledger.damaged(run_dir) == []
     trials = table(run_dir, "trials.parquet")
     assert trials["trial_id"].is_unique().all() and "search-001" not in trials["trial_id"].to_list()
@@ -250,7 +256,8 @@ def test_damaged_records_are_named_and_their_trials_run_again(damaged_and_resume
     columns = ["trial_id", "mode", "episode", "value_after"]
 
     def episodes(run: Path) -> pl.DataFrame:
-        return table(run, "episodes.parquet").filter(pl.col("trial_id") == "ablation-00-s0").select(columns).sort(columns)
+        rerun = pl.col("trial_id").is_in(["ablation-00-s0", DAMAGED_EPISODES])
+        return table(run, "episodes.parquet").filter(rerun).select(columns).sort(columns)
 
     assert episodes(run_dir).equals(episodes(finished))
     point = [c for c in trials.columns if c.startswith("cfg_") and c != "cfg_iterations"]
