@@ -10,6 +10,11 @@ trial whose record is final is skipped, an interrupted ablation or confirm trial
 checkpoint an earlier session persisted, and an interrupted search trial is told FAIL to Optuna and its
 point re-queued, so the search keeps its history (the Optuna journal) and runs exactly ``search.trials``
 trials in all. A resume whose spec differs from the recorded one is refused, naming what changed.
+
+A driver holds the run directory's lease (:mod:`mmlo.orchestrator.lease`) from the moment it opens it until
+it exits, so a second driver on the same run is refused. Unreadable part files are named and their trials run
+again (:mod:`mmlo.orchestrator.recovery`); storage that fills up stops the study with one message and the
+resume command, and the trials it interrupted stay unfinished.
 """
 
 from __future__ import annotations

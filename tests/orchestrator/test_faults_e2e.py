@@ -6,8 +6,9 @@ embedding (10^6 wide) needs more than ``resources.memory_limit_mb`` allows its w
 learner gets a NaN weight after iteration 3 (``MMLO_FAULTS``), so the meta-loss of iteration 4 is NaN; and
 ``Killed``, whose worker process SIGKILLs itself after iteration 3. Its run directory is on a 32 MiB tmpfs.
 Session 1 runs until a trial is final, a second ``--resume`` driver is started meanwhile, then the tmpfs is
-filled: the driver must stop with exit 2 and the resume command. The filler is removed, session 2 resumes
-and finishes. Two sessions of one study in all; the mount needs root.
+filled: the driver must stop with exit 2 and the resume command. The filler is removed; session 2 resumes and
+is interrupted (SIGINT, as Ctrl-C sends) while a trial trains; session 3 resumes and finishes. One study in
+all, in three sessions; the mount needs root.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def faults_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         log, err = (root / "session1.out").open("w"), (root / "session1.err").open("w")
         started = time.monotonic()
         driver = subprocess.Popen([*MMLO, *argv], stdout=log, stderr=err, text=True, env=env)
+        first_pid = driver.pid
         wait_for("the first driver's lease", lambda: driver.poll() is not None or (run_dir / LEASE_FILE).exists())
         second = mmlo(*argv, "--resume", env=env)
         status = mmlo("status", str(run_dir), env=env)
@@ -129,17 +131,39 @@ def faults_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             "parquet": parquet_files(run_dir),
             "temporary": [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")],
             "lease": (run_dir / LEASE_FILE).exists(),
+            "damaged": ledger.damaged(run_dir),
         }
         (out / "filler").unlink()
+        log, err = (root / "session2.out").open("w"), (root / "session2.err").open("w")
+        since = time.time()
+        driver = subprocess.Popen([*MMLO, *argv, "--resume"], stdout=log, stderr=err, text=True, env=env)
+
+        def training_now() -> bool:
+            return any(r.get("state") == "running" and float(r.get("updated") or 0) > since
+                       for r in ledger.records(run_dir))
+
+        wait_for("a trial of the resumed session", lambda: driver.poll() is not None or training_now())
+        running_when_interrupted = driver.poll() is None
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=TIMEOUT_S)
+        interrupted = {
+            "code": driver.returncode,
+            "out": (root / "session2.out").read_text(),
+            "err": (root / "session2.err").read_text(),
+            "parquet": parquet_files(run_dir),
+            "lease": (run_dir / LEASE_FILE).exists(),
+            "running": running_when_interrupted,
+        }
         started = time.monotonic()
         resumed = mmlo(*argv, "--resume", env=env)
         yield {
             "run_dir": run_dir,
-            "pid": driver.pid,
+            "pid": first_pid,
             "second": second,
             "status": status,
             "running_when_filled": running_when_filled,
             "stopped": stopped,
+            "interrupted": interrupted,
             "resumed": resumed,
             "wall_s": (session1_s, time.monotonic() - started),
         }
@@ -169,7 +193,18 @@ def test_full_disk_stops_the_study_cleanly(faults_run: dict[str, Any]) -> None:
     assert "is full" in stopped["err"] and "--resume" in stopped["err"]
     assert "Traceback" not in stopped["out"] + stopped["err"]
     assert stopped["parquet"] and all(isinstance(rows, int) for rows in stopped["parquet"].values()), stopped["parquet"]
-    assert stopped["temporary"] == [] and not stopped["lease"]
+    assert stopped["temporary"] == [] and stopped["damaged"] == [] and not stopped["lease"]
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(faults_run: dict[str, Any]) -> None:
+    # SIGINT while a trial trains: exit 130, the resume command, no traceback, tables whole, lease given back
+    interrupted = faults_run["interrupted"]
+    assert interrupted["running"], "the resumed session ended before it could be interrupted"
+    assert interrupted["code"] == 130, interrupted["out"] + interrupted["err"]
+    assert "resume with:" in interrupted["out"] and "--resume" in interrupted["out"]
+    assert "Traceback" not in interrupted["out"] + interrupted["err"]
+    assert all(isinstance(rows, int) for rows in interrupted["parquet"].values()), interrupted["parquet"]
+    assert not interrupted["lease"]
 
 
 def test_resumed_study_records_each_fault_with_its_reason(faults_run: dict[str, Any]) -> None:
