@@ -57,9 +57,9 @@ def _record_files(store: RunStore) -> list[str]:
     return [f for f in store.list(PARTS_DIR) if f.count("/") == 2 and f.endswith(f"/{RECORD_FILE}")]
 
 
-def _scan(run_dir: Run) -> tuple[list[dict[str, Any]], list[str]]:
+def _scan(run_dir: Run) -> tuple[list[dict[str, Any]], dict[str, str]]:
     store = RunStore.open(run_dir)
-    good, bad = [], []
+    good, bad = [], {}
     for rel in _record_files(store):
         try:
             data = store.read_json(rel)
@@ -68,7 +68,7 @@ def _scan(run_dir: Run) -> tuple[list[dict[str, Any]], list[str]]:
         if isinstance(data, dict) and isinstance(data.get("trial_id"), str):
             good.append(dict(data))
         elif data is not None or store.exists(rel):
-            bad.append(store.where(rel))
+            bad[rel.split("/")[1]] = store.where(rel)
     return sorted(good, key=lambda r: r["trial_id"]), bad
 
 
@@ -79,6 +79,11 @@ def records(run_dir: Run) -> list[dict[str, Any]]:
 
 def damaged(run_dir: Run) -> list[str]:
     """Trial records that exist but cannot be read (where they are, as a user reads it)."""
+    return list(_scan(run_dir)[1].values())
+
+
+def damaged_trials(run_dir: Run) -> dict[str, str]:
+    """Trial id -> where its unreadable record is, for every record that exists but cannot be read."""
     return _scan(run_dir)[1]
 
 
@@ -151,6 +156,19 @@ def transference_files(run_dir: Run) -> list[str]:
 def read_table(run_dir: Run, rel: str) -> pl.DataFrame | None:
     """A part file's Parquet table (``rel`` as :func:`episode_files` gives it)."""
     return read_parquet(RunStore.open(run_dir), rel)
+
+
+def damaged_tables(run_dir: Run) -> list[str]:
+    """Parquet part files (episodes, transference) that exist but cannot be read, relative to the run
+    directory. Reads every part, so the driver asks once per session, not ``mmlo status``."""
+    store = RunStore.open(run_dir)
+    bad = []
+    for rel in [*episode_files(store), *transference_files(store)]:
+        try:
+            read_table(store, rel)
+        except Exception:  # noqa: BLE001 - polars and pyarrow raise several types for a damaged file
+            bad.append(rel)
+    return bad
 
 
 def remove_trial(run_dir: Run, trial_id: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from mmlo.orchestrator import ledger
+from mmlo.orchestrator import lease, ledger
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.progress import duration
 from mmlo.orchestrator.provenance import read_provenance
@@ -54,14 +54,24 @@ def status_text(run_dir: RunStore, spec: dict[str, Any]) -> str:
     record = read_provenance(run_dir)
     sessions = record.get("sessions") or []
     state = "finished" if record.get("finished") else (sessions[-1].get("outcome", "running") if sessions else "?")
+    holder = lease.read_holder(run_dir)
+    stale = lease.stale_reason(holder) if holder is not None else None
+    if state == "running" and (holder is None or stale is not None):
+        # The last session never recorded its end: its driver crashed or was killed.
+        state = "interrupted (its driver is gone; --resume finishes the study)"
     lines = [f"study {spec.get('name', run_dir.name)}  ({run_dir})", f"  state      {state}"]
+    if holder is not None:
+        lines.append(
+            f"  driver     {holder.describe()}"
+            + (f"; its lease is stale ({stale}): --resume takes it over" if stale else "")
+        )
     broken = ledger.damaged(run_dir)
     if broken:
         lines.append(f"  damaged    {len(broken)} unreadable trial record(s), re-run by --resume: {', '.join(broken)}")
     if sessions:
         lines.append(f"  started    {record.get('started')}  ({len(sessions)} session(s))")
     # A record still 'running' after its session ended (Ctrl-C, a crash) waits for `--resume`.
-    live = not sessions or sessions[-1].get("outcome") == "running"
+    live = not sessions or state == "running"
     for r in records:
         if r.get("state") == "running" and not live:
             r["state"] = "interrupted"

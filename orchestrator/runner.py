@@ -10,6 +10,11 @@ trial whose record is final is skipped, an interrupted ablation or confirm trial
 checkpoint an earlier session persisted, and an interrupted search trial is told FAIL to Optuna and its
 point re-queued, so the search keeps its history (the Optuna journal) and runs exactly ``search.trials``
 trials in all. A resume whose spec differs from the recorded one is refused, naming what changed.
+
+A driver holds the run directory's lease (:mod:`mmlo.orchestrator.lease`) from the moment it opens it until
+it exits, so a second driver on the same run is refused. Unreadable part files are named and their trials run
+again (:mod:`mmlo.orchestrator.recovery`); storage that fills up stops the study with one message and the
+resume command, and the trials it interrupted stay unfinished.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from typing import Any
 import yaml
 
 from mmlo.models.allocator import choose as choose_allocator
-from mmlo.orchestrator import ledger, provenance, sink
+from mmlo.orchestrator import lease, ledger, provenance, sink
 from mmlo.orchestrator.checkpoints import latest_checkpoints
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.estimate import PHASE_START_S, SESSION_OVERHEAD_S, estimate_trials, makespan
@@ -48,11 +53,23 @@ from mmlo.orchestrator.plan import (
     search_trial,
 )
 from mmlo.orchestrator.progress import StudyProgress, duration
+from mmlo.orchestrator.recovery import rerun_damaged
 from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
 from mmlo.orchestrator.spec import Study, dump_study
 from mmlo.orchestrator.summary import local_concurrency
 from mmlo.orchestrator.trainable import reuse_actors, trial_actor_class, trial_constants, trial_from_config
-from mmlo.storage import LOGS_DIR, SPEC_FILE, RunStore, StorageError, normalise_location
+from mmlo.storage import (
+    LOGS_DIR,
+    SPEC_FILE,
+    RunStore,
+    StorageError,
+    StorageFull,
+    join_location,
+    normalise_location,
+    first_line,
+    shown,
+    storage_full,
+)
 
 #: What Ray and Tune read from the environment: the legacy (quiet) reporter, our own Ctrl-C handling.
 RAY_ENVIRONMENT = {
@@ -104,12 +121,7 @@ class Run:
         return "accuracy" if self.higher_is_better else "mse"
 
     def resume_command(self) -> str:
-        words = ["mmlo", "study", str(self.study_file.resolve()), "--out", self.output, "--resume"]
-        if self.address:
-            words += ["--address", self.address]
-        if self.max_concurrent:
-            words += ["--max-concurrent", str(self.max_concurrent)]
-        return shlex.join(words)
+        return resume_command(self.study_file, self.output, self.address, self.max_concurrent)
 
 
 def run_study(
@@ -128,6 +140,36 @@ def run_study(
     whose spec changed), ``DataMissingError`` when the benchmark's data is absent, and ``KeyboardInterrupt``
     after a clean stop on Ctrl-C (the CLI exits 130), having printed the command that resumes.
     """
+    with ExitStack() as held:
+        try:
+            return _run_study(
+                study, held, study_file=study_file, out=out, address=address, max_concurrent=max_concurrent,
+                resume=resume, dashboard=dashboard,
+            )
+        except Exception as err:
+            if not storage_full(err):
+                raise
+            output = normalise_location(out) if out is not None else study.output
+            raise StorageFull(
+                f"the storage under {shown(join_location(output, study.name))} is full (no space left on the device, "
+                "or the quota is used up); the study stopped. Finished trials are kept and every table holds its "
+                "last complete version. Free space there, then resume with:\n  "
+                + resume_command(Path(study_file), output, address, max_concurrent)
+            ) from None
+
+
+def _run_study(
+    study: Study,
+    held: ExitStack,
+    *,
+    study_file: Path | str,
+    out: Path | str | None,
+    address: str | None,
+    max_concurrent: int | None,
+    resume: bool,
+    dashboard: bool,
+) -> int:
+    """:func:`run_study`, holding the run directory's lease in ``held`` from the moment it is known."""
     wall_start = time.perf_counter()
     output = normalise_location(out) if out is not None else study.output
     study = study.model_copy(update={"output": output})
@@ -137,13 +179,14 @@ def run_study(
     try:
         run_dir = RunStore.open(output).child(study.name)
         run_dir.check_reachable()
+        # Before anything reads or writes the run directory: a second driver would run the same trials twice.
+        # Writing the lease is also the check that the driver can write there at all.
+        held.enter_context(lease.hold(run_dir))
     except StorageError as err:
         raise UserError(f"{where}: {err}") from None
+    except OSError as err:
+        raise UserError(f"{where}: {run_dir}: cannot write the run directory here ({first_line(err)})") from None
     _check_run_dir(run_dir, study, resume)
-    try:
-        run_dir.check_writable()
-    except StorageError as err:
-        raise UserError(f"{where}: {err}") from None
     benchmark = _driver_benchmark(study, address)
     run_dir.write_text(SPEC_FILE, dump_study(study))
     record = provenance.start_session(
@@ -164,10 +207,12 @@ def run_study(
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
+    except Exception as err:
+        if storage_full(err):
+            outcome = "storage full"
+        raise
     finally:
-        _write_tables(run)
-        provenance.finish_session(run_dir, outcome, time.perf_counter() - wall_start)
-        _keep_driver_log(run)
+        _close_session(run, outcome, time.perf_counter() - wall_start)
         if outcome == "interrupted":
             done = len(ledger.finished(run_dir))
             print(
@@ -179,6 +224,35 @@ def run_study(
     _write_report(run_dir)
     print(f"results: mmlo results {shlex.quote(run_dir.where())}", flush=True)
     return code
+
+
+def _close_session(run: Run, outcome: str, wall_s: float) -> None:
+    """Rewrite the tables, record the session's end, keep the driver log. On full storage each step is still
+    tried (every write is atomic: one that fails leaves the last complete version), then the error is raised."""
+    full: OSError | None = None
+    for step in (
+        lambda: _write_tables(run),
+        lambda: provenance.finish_session(run.run_dir, outcome, wall_s),
+        lambda: _keep_driver_log(run),
+    ):
+        try:
+            step()
+        except OSError as err:
+            if not storage_full(err):
+                raise
+            full = full or err
+    if full is not None:
+        raise full
+
+
+def resume_command(study_file: Path, output: str, address: str | None, max_concurrent: int | None) -> str:
+    """The command that resumes a study: the same file, run directory, cluster and cap, plus --resume."""
+    words = ["mmlo", "study", str(study_file.resolve()), "--out", output, "--resume"]
+    if address:
+        words += ["--address", address]
+    if max_concurrent:
+        words += ["--max-concurrent", str(max_concurrent)]
+    return shlex.join(words)
 
 
 def _driver_benchmark(study: Study, address: str | None) -> Any:
@@ -298,6 +372,8 @@ def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 def _run(run: Run, dashboard: bool) -> int:
     study, run_dir = run.study, run.run_dir
+    for line in rerun_damaged(run_dir, study.name):
+        print(line, flush=True)
     done = ledger.finished(run_dir)
     ablation = [t for t in ablation_trials(study) if t.trial_id not in done]
     n_search = _search_left(run, done)
@@ -413,6 +489,14 @@ def _plan_display(
             progress.plan(f"{CONFIRM_PENDING}{i}", "confirm", _expected(run, probe), probe.iterations)
 
 
+class _LogFile(logging.FileHandler):
+    """The driver log. A line it cannot write (its disk is full) is dropped: logging would print a traceback
+    per line on the terminal, and the study says itself why it stops."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextmanager
 def _logs_to_file(path: Path) -> Iterator[Callable[[], None]]:
     """Send Ray's, Tune's and Optuna's log records to ``path`` instead of the terminal, for the duration.
@@ -427,7 +511,7 @@ def _logs_to_file(path: Path) -> Iterator[Callable[[], None]]:
     import ray.tune  # noqa: F401
 
     optuna.logging.disable_default_handler()
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in (*LOGGERS, "py.warnings")]
     saved = [(logger, list(logger.handlers), logger.propagate) for logger in loggers]
@@ -623,6 +707,9 @@ def _tune_callback(run: Run, progress: StudyProgress) -> Any:
 
         def _ended(self, trial: Any, error: str | None) -> None:
             trial_id = _trial_id(trial.config)
+            if error is not None and storage_full(error):
+                # The trial did not fail; the storage did. Its record stays unfinished for --resume.
+                raise StorageFull(f"{trial_id}: {error}")
             phase = _phase_of(trial.config)
             first, _, count = self.phases.get(phase, (time.monotonic(), 0.0, 1))
             self.phases[phase] = (first, time.monotonic(), count)
@@ -660,12 +747,16 @@ def _failure_text(run: Run, trial: Any, wait_s: float = 20.0) -> str:
     text = _error_text(trial)
     if not any(marker in text.lower() for marker in _ACTOR_LOST):
         return text
+    # Ray follows its verdict with a paragraph of guesses (the OOM killer, `ray stop`, a segfault); the verdict
+    # and the exit type are what the record needs.
+    text = text.split(" Worker exit detail:", 1)[0].strip()
     record = ledger.read_record(run.run_dir, _trial_id(trial.config)) or {}
     node_id = record.get("node_id")
     if not node_id:
         return text
     where = f"node {record.get('node_hostname')} ({record.get('node_ip')}, id {str(node_id)[:12]})"
-    if _node_died(node_id, wait_s):
+    # The cluster this driver started has one node, this machine: it cannot have died under a running driver.
+    if run.address is not None and _node_died(node_id, wait_s):
         return f"{where} died during the trial: {text}"
     return f"the trial's worker process on {where} died: {text}"
 

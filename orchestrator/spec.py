@@ -237,6 +237,16 @@ class Resources(BaseModel):
     max_failures: Annotated[int, Field(ge=0)] = Field(
         0, description="Retries of a failed trial before it is recorded as failed."
     )
+    memory_limit_mb: Annotated[int, Field(ge=128)] | None = Field(
+        None,
+        description=(
+            "Cap on the memory each trial's worker process may allocate, in MiB (Linux RLIMIT_DATA: heap and "
+            "private anonymous memory, address space that allocators reserve included, so well above resident "
+            "memory: an idle trial worker with torch and Ray loaded holds about 1600). A trial that needs more "
+            "fails as 'out of memory' and the study goes on, instead of the machine swapping or the kernel's OOM "
+            "killer choosing a process. Default: no cap."
+        ),
+    )
 
 
 class Transference(BaseModel):

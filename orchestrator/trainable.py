@@ -17,7 +17,10 @@ resolved spec, the run directory's location) or from the run's store, and everyt
 - records an exception, a NaN/inf loss (``TrainingDiverged``) or an out-of-memory error as ``failed`` with
   its reason, then re-raises it, so that Tune applies the study's retries and the search tells Optuna FAIL.
 
-``MMLO_FAIL_ARM=<arm name>`` in the environment makes that arm's trials fail on purpose (the fault tests).
+``MMLO_FAIL_ARM=<arm name>`` in the environment makes that arm's trials fail on purpose, and ``MMLO_FAULTS``
+(:mod:`mmlo.orchestrator.faults`) gives them a NaN or a SIGKILL mid-training (the fault tests).
+``resources.memory_limit_mb`` caps each worker's memory, so that a trial that needs more is recorded as out of
+memory. A full disk under the run directory is not the trial's failure: such a trial stays unfinished.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from mmlo.models.config import LearnerConfig, TrainConfig
-from mmlo.orchestrator import ledger, sink
+from mmlo.orchestrator import faults, ledger, sink
 from mmlo.orchestrator.plan import TrialSpec, measures_transference, search_trial
 from mmlo.orchestrator.search import NUMBER_KEY
 from mmlo.orchestrator.spec import Study, parse_study
-from mmlo.storage import RunStore
+from mmlo.storage import RunStore, storage_full
 from mmlo.tasks.base import Benchmark
 
 FAIL_ARM_ENV = "MMLO_FAIL_ARM"
+#: How torch's CPU allocator words a failed allocation (a RuntimeError, unlike CUDA's OutOfMemoryError).
+CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
 
 #: A reused actor runs many trials of one study: the benchmark (its image banks) is built once per worker.
 _benchmarks: dict[str, Benchmark] = {}
@@ -147,6 +152,9 @@ def failure_reason(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         kind = "out of memory"
+    elif CPU_ALLOCATOR_FAILED in text:
+        # torch reports a failed CPU allocation as a RuntimeError whose message begins with its C++ assertion.
+        kind, text = "out of memory", text[text.index(CPU_ALLOCATOR_FAILED) :]
     else:
         kind = type(err).__name__
     return f"{kind}: {text}" if text else kind
@@ -212,6 +220,7 @@ def run_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     run_dir = RunStore.open(config["run_dir"])
     study = load_resolved_study(config)
+    limit_memory(study.resources.memory_limit_mb)
     spec = trial_from_config(study, config)
     ids = {"study": study.name, "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
     where = node()
@@ -238,24 +247,45 @@ def run_trial(config: dict[str, Any]) -> None:
         }
         with tempfile.TemporaryDirectory(prefix=f"mmlo-{spec.trial_id}-resume-") as scratch:
             resume_from = _resume_point(tune.get_checkpoint(), config, run_dir, Path(scratch))
-            resumed_at = _checkpoint_iteration(resume_from) if resume_from is not None else 0
+            resumed_at, resumed_elapsed = _checkpoint_progress(resume_from) if resume_from is not None else (0, 0.0)
             ledger.rewind(run_dir, spec.trial_id, resumed_at)
-            record["iterations_done"] = resumed_at
+            record.update(iterations_done=resumed_at, wall_seconds=resumed_elapsed)
             ledger.write_record(run_dir, record)
             if os.environ.get(FAIL_ARM_ENV) == spec.arm:
                 raise DeliberateFailure(f"{FAIL_ARM_ENV}={spec.arm} asks this arm's trials to fail")
             _train(study, run_dir, spec, ids, record, (learner_cfg, train_cfg), benchmark, resume_from, device)
     except Exception as err:
+        if storage_full(err):
+            # Not the trial's fault, and its record could not be written anyway: it stays unfinished, and the
+            # driver stops the study so that --resume runs it again once there is space.
+            raise
+        reason = failure_reason(err)
+        if reason.startswith("out of memory") and study.resources.memory_limit_mb is not None:
+            reason += f" (resources.memory_limit_mb: {study.resources.memory_limit_mb})"
         record.update(
             {
                 "state": "failed",
-                "failure_reason": failure_reason(err),
+                "failure_reason": reason,
                 "wall_seconds": time.perf_counter() - started,
                 "updated": time.time(),
             }
         )
         ledger.write_record(run_dir, record)
         raise
+
+
+def limit_memory(limit_mb: int | None) -> None:
+    """Cap this worker's data segment (RLIMIT_DATA) at ``limit_mb`` MiB, or lift an earlier cap: past it,
+    allocations fail (torch raises, and the trial is recorded as out of memory) instead of the kernel's OOM
+    killer ending a process of its choice. A reused actor runs trials of one study, so the cap is the same for
+    each of them; the hard limit, which only root may raise, is left as it is."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = hard if limit_mb is None else limit_mb * 2**20
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def _earlier_attempts(run_dir: RunStore, trial_id: str) -> dict[str, Any]:
@@ -275,12 +305,14 @@ def _resume_point(checkpoint: Any, config: dict[str, Any], run_dir: RunStore, sc
     return run_dir.download_dir(found, scratch / "run") if not run_dir.is_local else Path(run_dir.path(found))
 
 
-def _checkpoint_iteration(directory: Path) -> int:
+def _checkpoint_progress(directory: Path) -> tuple[int, float]:
+    """The iteration a checkpoint was written at and the trial's training seconds until then."""
     import torch
 
     from mmlo.models.training import load_checkpoint
 
-    return int(load_checkpoint(directory, torch.device("cpu"))["iteration"])
+    payload = load_checkpoint(directory, torch.device("cpu"))
+    return int(payload["iteration"]), float(payload["elapsed_s"])
 
 
 def _train(
@@ -302,7 +334,7 @@ def _train(
     learner_cfg, train_cfg = configs
     hook = _transference_hook(study, spec, train_cfg, benchmark)
     held: list[tuple[dict[str, float], Path | None]] = []
-    last_report = {"elapsed_s": 0.0, "at": time.perf_counter()}
+    last_report = {"elapsed_s": float(record.get("wall_seconds") or 0.0), "at": time.perf_counter()}
 
     def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
         iteration = int(metrics["iteration"])
@@ -328,7 +360,7 @@ def _train(
             report=report,
             checkpoint_dir=Path(scratch),
             resume_from=resume_from,
-            hooks=[hook] if hook is not None else (),
+            hooks=[*([hook] if hook is not None else []), *faults.injected(spec.arm)],
             device=str(device),
         )
         ledger.write_episodes(run_dir, spec.trial_id, sink.episodes_frame(result.episodes, ids))
@@ -346,6 +378,11 @@ def _train(
             }
         )
         ledger.write_record(run_dir, record)
+        if not held:
+            # Resumed from the checkpoint of its last iteration (its record was lost): nothing was trained or
+            # validated, only the test episodes ran again; Tune still needs the trial's final metric.
+            held.append(({"iteration": result.iterations_done, "elapsed_s": record["wall_seconds"],
+                          "val_metric": result.final_val_metric}, None))
         for metrics, checkpoint in held:
             _report(tune, {**metrics, "test_metric": result.test_metric}, checkpoint)
 

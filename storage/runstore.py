@@ -18,6 +18,7 @@ with the process umask (group-readable by default), as any other tool's output.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -44,6 +45,33 @@ SECRET_PARAMETERS = frozenset({"access_key", "secret_key", "session_token", "acc
 class StorageError(Exception):
     """A run location that cannot be opened or reached; the message says which and why (the CLI prints it
     and exits with code 2)."""
+
+
+class StorageFull(StorageError):
+    """The storage under a run directory filled up (or hit its quota) while a study wrote to it."""
+
+
+#: errno values of a full file system and of an exhausted quota.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: How those errors read once Ray or Tune has turned them into text (a trial's error, a TuneError).
+_FULL_WORDS = ("no space left on device", "disk quota exceeded", "[errno 28]", "[errno 122]")
+
+
+def storage_full(err: BaseException | str) -> bool:
+    """Whether an error (or an error's text, as Ray reports a trial's) comes from full storage: an OSError
+    with ENOSPC or EDQUOT anywhere in its chain of causes, or those words in its message."""
+    seen: set[int] = set()
+    current: BaseException | str | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, str):
+            return any(word in current.lower() for word in _FULL_WORDS)
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return True
+        if any(word in str(current).lower() for word in _FULL_WORDS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_uri(location: str | Path) -> bool:
@@ -267,17 +295,7 @@ class RunStore:
         except StorageError:
             raise
         except Exception as err:  # noqa: BLE001 - pyarrow's S3 errors are plain OSErrors with the reason
-            raise StorageError(f"{self}: storage not reachable from {_node()}: {_first_line(err)}") from None
-
-    def check_writable(self) -> None:
-        """Fail with a clear message unless a file can be written and removed here (a run about to start)."""
-        self.check_reachable()
-        probe = f".mmlo-probe-{uuid.uuid4().hex[:8]}"
-        try:
-            self.write_bytes(probe, b"")
-            self.delete(probe)
-        except Exception as err:  # noqa: BLE001 - permission, quota, read-only mounts: all say the same
-            raise StorageError(f"{self}: cannot write here from {_node()}: {_first_line(err)}") from None
+            raise StorageError(f"{self}: storage not reachable from {_node()}: {first_line(err)}") from None
 
     def _info(self, rel: str) -> pafs.FileInfo:
         return self.fs.get_file_info(self.path(rel))
@@ -304,7 +322,8 @@ def _node() -> str:
     return socket.gethostname()
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (or its type), for one-line messages."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 

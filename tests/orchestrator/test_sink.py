@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +11,7 @@ import pytest
 
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator import ledger, sink
+from mmlo.storage import storage_full
 
 MODES = ("sinusoid", "linear")
 
@@ -159,3 +163,38 @@ def test_json_records_have_no_nan(tmp_path: Path) -> None:
     # NaN is not JSON: a diverged trial's NaN metric is stored as null
     ledger.write_record(tmp_path, {"trial_id": "t", "val_metric": float("nan"), "state": "failed"})
     assert ledger.read_record(tmp_path, "t")["val_metric"] is None
+
+
+
+def fill(folder: Path) -> None:
+    """Write zeros into ``folder`` until its file system is full."""
+    with (folder / "filler").open("wb", buffering=0) as filler:
+        with pytest.raises(OSError) as full:
+            while True:
+                filler.write(b"\0" * 65536)
+    assert storage_full(full.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_full_disk_leaves_the_last_complete_table(run_dir: Path, tmp_path: Path) -> None:
+    # a trial finishes, the disk (a 1 MiB tmpfs) fills, the tables are rewritten: the write fails with ENOSPC,
+    # every table still reads back as its previous version, and no temporary file is left behind
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        copy = small / "run"
+        shutil.copytree(run_dir, copy)
+        written = sink.write_tables(copy, "s", MODES, transference=True)
+        before = {name: pl.read_parquet(copy / name) for name in written}
+        ledger.write_record(copy, record("ablation-02-s0", "completed"))
+        fill(small)
+        with pytest.raises(OSError) as failed:
+            sink.write_tables(copy, "s", MODES, transference=True)
+        assert storage_full(failed.value)
+        for name, frame in before.items():
+            assert pl.read_parquet(copy / name).equals(frame), name
+        assert not [p for p in copy.rglob("*") if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -2,13 +2,15 @@
 
 Three studies run in all (each a subprocess, module-scoped): the smoke study straight through; the smoke
 study killed with SIGKILL once its first trial has finished, then resumed; and a study whose arms fail on
-purpose. The determinism check compares the first two runs' ablation phases.
+purpose. The determinism check compares the first two runs' ablation phases. A copy of the first run, with
+two trial records cut short, is resumed once more (one session, no new study).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "studies" / "smoke.yaml"
 MMLO = [str(Path(sys.executable).with_name("mmlo"))]
 TIMEOUT_S = 600
+#: The trial records the damaged-ledger test cuts short: an ablation trial and a search trial.
+DAMAGED = ("ablation-00-s0", "search-001")
+#: The trial whose episodes.parquet that test cuts short.
+DAMAGED_EPISODES = "ablation-01-s0"
 
 
 def mmlo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,6 +85,24 @@ def killed_and_resumed(
     }
     resumed = mmlo("study", str(SMOKE), "--out", str(out), "--resume", "--no-dashboard")
     return before, episodes, resumed, run_dir
+
+
+@pytest.fixture(scope="module")
+def damaged_and_resumed(
+    straight: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """A copy of the finished smoke run with two trial records (one ablation, one search) and one trial's test
+    episodes cut short, resumed."""
+    _, finished = straight
+    out = tmp_path_factory.mktemp("damaged")
+    run_dir = out / "smoke"
+    shutil.copytree(finished, run_dir, symlinks=True)
+    for trial_id in DAMAGED:
+        record = run_dir / ledger.trial_dir(run_dir, trial_id) / ledger.RECORD_FILE
+        record.write_bytes(record.read_bytes()[:100])
+    episodes = run_dir / ledger.trial_dir(run_dir, DAMAGED_EPISODES) / ledger.EPISODES_FILE
+    episodes.write_bytes(episodes.read_bytes()[:100])
+    return mmlo("study", str(SMOKE), "--out", str(out), "--resume", "--no-dashboard"), finished, run_dir
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +237,29 @@ def test_failing_arms_are_recorded_and_the_study_completes(failing: Any, straigh
         .sort("mode", "episode")
     )
     assert healthy.equals(reference)
+
+
+def test_damaged_records_are_named_and_their_trials_run_again(damaged_and_resumed: Any, smoke: Any) -> None:
+    # resume over truncated part files: exit 0, each named by path; the ablation trials re-run from their final
+    # checkpoints with the same test episodes; the search trial's point runs again as a new search trial
+    resumed, finished, run_dir = damaged_and_resumed
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Traceback" not in resumed.stdout + resumed.stderr
+    for trial_id in DAMAGED:
+        assert f"damaged trial record {run_dir / 'parts' / trial_id / 'trial.json'} (unreadable)" in resumed.stdout
+    assert f"damaged part file {run_dir / 'parts' / DAMAGED_EPISODES / 'episodes.parquet'} (unreadable)" in resumed.stdout
+    assert ledger.damaged(run_dir) == []
+    trials = table(run_dir, "trials.parquet")
+    assert trials["trial_id"].is_unique().all() and "search-001" not in trials["trial_id"].to_list()
+    assert trials.filter(pl.col("phase") == "search").height == smoke.search.trials
+    assert trials.filter(pl.col("trial_id") == "ablation-00-s0")["state"].to_list() == ["completed"]
+    columns = ["trial_id", "mode", "episode", "value_after"]
+
+    def episodes(run: Path) -> pl.DataFrame:
+        rerun = pl.col("trial_id").is_in(["ablation-00-s0", DAMAGED_EPISODES])
+        return table(run, "episodes.parquet").filter(rerun).select(columns).sort(columns)
+
+    assert episodes(run_dir).equals(episodes(finished))
+    point = [c for c in trials.columns if c.startswith("cfg_") and c != "cfg_iterations"]
+    before = table(finished, "trials.parquet").filter(pl.col("trial_id") == "search-001").select(point)
+    assert trials.filter(pl.col("trial_id") == "search-003").select(point).equals(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ import polars as pl
 import pytest
 
 from mmlo.storage import RunStore, StorageError, is_uri, join_location, normalise_location, read_parquet, shown
-from mmlo.storage import write_parquet
+from mmlo.storage import storage_full, write_parquet
 
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
@@ -100,5 +101,21 @@ def test_unreachable_and_missing_bucket_are_one_message(s3_endpoint: str) -> Non
     with pytest.raises(StorageError, match="storage not reachable"):
         RunStore.open(f"s3://runs/x?endpoint_override=http://127.0.0.1:{port}&region=us-east-1&scheme=http").check_reachable()
     with pytest.raises(StorageError, match="bucket 'nobucket' does not exist"):
-        RunStore.open(f"s3://nobucket/x?{s3_endpoint}").check_writable()
-    RunStore.open(f"s3://runs/fine?{s3_endpoint}").check_writable()
+        RunStore.open(f"s3://nobucket/x?{s3_endpoint}").check_reachable()
+    RunStore.open(f"s3://runs/fine?{s3_endpoint}").check_reachable()
+
+
+def test_full_storage_is_recognised_through_causes_and_text() -> None:
+    # ENOSPC/EDQUOT anywhere in the chain, or the words Ray and Tune leave in a trial's error text
+    assert storage_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert storage_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("Trial raised")  # noqa: B904 - a wrapper as Tune raises it
+    except RuntimeError as wrapped:
+        assert storage_full(wrapped)
+    assert storage_full("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert not storage_full(OSError(errno.EACCES, "Permission denied"))
+    assert not storage_full(RuntimeError("TrainingDiverged: meta-loss is nan at iteration 4"))
