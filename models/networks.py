@@ -12,6 +12,10 @@ tasks:
 
 A backbone built with ``copies=M`` (the oracle multi_* learners) holds ``M`` independently initialised
 networks stacked on a leading axis; the learner routes them to tasks (``params[mode]``) before the call.
+
+The regression MLP is also a :class:`FactoredBackbone`: MAML may adapt its linear layers in a factored
+low-rank form instead of a per-task copy of each weight, and it writes out its own backward pass
+(:meth:`MLP.backpropagate`); the conv net needs neither.
 """
 
 from __future__ import annotations
@@ -230,33 +234,50 @@ class Backbone(nn.Module, ABC):
         route: torch.Tensor | None = None,
         training: bool = True,
         track: bool = False,
-        capture: Params | None = None,
     ) -> torch.Tensor:
         """``x`` ``[T, B, *input_shape]`` -> ``[T, B, out_features]``.
 
         ``params`` is keyed as this module's ``named_parameters()``, each shared or per task; ``taus`` is
         τ per modulatable layer; ``route`` the network index of each task (stacked oracle networks);
         ``training`` False makes 'running' BatchNorm use its running statistics, and ``track`` lets a
-        training pass update them. ``capture``, when given, receives the input of every factored layer.
+        training pass update them.
         """
 
+
+class FactoredBackbone(Backbone):
+    """A backbone whose linear layers MAML may adapt in factored low-rank form (the regression MLP).
+
+    For each layer ``low_rank_layers`` lists, ``run`` also reads ``{prefix}.left`` ``[T, r, out]`` and
+    ``{prefix}.right`` ``[T, r, in]``: the weight and bias together, ``[W_t | b_t] = [W | b] + leftᵀ [right | 1]``,
+    so that ``h W_tᵀ + b_t = h Wᵀ + b + (h rightᵀ + 1) left``; and an optional ``{prefix}.probe`` ``[T, B, out]``
+    added to the layer's output, whose gradient is δ.
+    """
+
+    @abstractmethod
+    def run(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        taus: Sequence[LayerModulation | None] | None = None,
+        *,
+        route: torch.Tensor | None = None,
+        training: bool = True,
+        track: bool = False,
+        capture: Params | None = None,
+    ) -> torch.Tensor:
+        """As :meth:`Backbone.run`; ``capture``, when given, receives the input of every factored layer."""
+
+    @abstractmethod
     def low_rank_layers(self, taus: Sequence[LayerModulation | None] | None) -> dict[str, int]:
-        """Linear layers MAML may adapt in factored form (prefix -> output width), given τ.
-
-        ``run`` then reads ``{prefix}.left`` ``[T, r, out]`` and ``{prefix}.right`` ``[T, r, in]``: the
-        weight and bias together, ``[W_t | b_t] = [W | b] + leftᵀ [right | 1]``, so that
-        ``h W_tᵀ + b_t = h Wᵀ + b + (h rightᵀ + 1) left``; and an optional ``{prefix}.probe``
-        ``[T, B, out]`` added to the layer's output, whose gradient is δ. A layer whose kernel τ
-        modulates is excluded: ``W ⊙ K`` breaks the factorisation.
-        """
-        return {}
+        """Linear layers MAML may adapt in factored form (prefix -> output width), given τ. A layer whose
+        kernel τ modulates is excluded: ``W ⊙ K`` breaks the factorisation."""
 
 
 #: Weight scale of the regression MLP, as in the MMAML-Regression code (N(0, 0.01²) weights, zero biases).
 INIT_STD = 0.01
 
 
-class MLP(Backbone):
+class MLP(FactoredBackbone):
     """MMAML's regression network: [x, learned bias transformation] -> hidden layers with ReLU -> output.
 
     Each hidden layer is linear -> modulation -> ReLU; the bias transformation (Finn & Levine 2018) is a
@@ -352,7 +373,7 @@ class MLP(Backbone):
 def _factored_linear(
     params: Params, prefix: str, h: torch.Tensor, tau: LayerModulation | None, capture: Params | None
 ) -> torch.Tensor:
-    """A linear layer that also reads MAML's low-rank updates and δ probe (see ``low_rank_layers``)."""
+    """A linear layer that also reads MAML's low-rank updates and δ probe (see :class:`FactoredBackbone`)."""
     weight, bias = modulated(params[f"{prefix}.weight"], params[f"{prefix}.bias"], tau)
     z = task_linear(h, weight, bias)
     left = params.get(f"{prefix}.left")
@@ -434,7 +455,6 @@ class ConvNet(Backbone):
         route: torch.Tensor | None = None,
         training: bool = True,
         track: bool = False,
-        capture: Params | None = None,
     ) -> torch.Tensor:
         tasks, batch = x.shape[:2]
         h = grouped(x)

@@ -9,8 +9,9 @@ process it in one vectorised call.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -19,6 +20,29 @@ import torch
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 Kind = Literal["classification", "regression"]
+#: ``progress(label, done, total)``: called while a benchmark's data is prepared (``done`` counts images).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class DataRow:
+    """One line of ``mmlo data list``; ``classes`` is None where it is unbounded or not yet known."""
+
+    benchmark: str
+    mode: str
+    split: str
+    classes: int | None
+    ready: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``mmlo data prepare`` made ready: classes per mode and split, and the folder it is in (None: not
+    stated)."""
+
+    classes: dict[str, dict[str, int]]
+    location: Path | None = None
 
 
 @dataclass(frozen=True)

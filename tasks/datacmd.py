@@ -3,102 +3,35 @@
 ``list`` says, per benchmark, mode and split, how many classes there are and whether the data is ready;
 ``prepare`` renders offline4's cache or checks and caches a real dataset, once, before a study (never inside
 a trial); ``show`` writes a PNG contact sheet (a row per class, a column per sample) so a person can look at
-the data. A missing source raises :class:`~mmlo.tasks.errors.DataMissingError` naming the install command.
+the data. What each benchmark reports, prepares and shows is its registry entry's business
+(:mod:`mmlo.tasks.registry`); this module only formats it. A missing source raises
+:class:`~mmlo.tasks.errors.DataMissingError` naming the install command.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 from PIL import Image
 
-from mmlo.tasks.base import SPLITS
+from mmlo.tasks.base import SPLITS, DataRow, Progress
 from mmlo.tasks.config import BenchmarkConfig
-from mmlo.tasks.registry import benchmark_kind, benchmark_modes, benchmark_names
-from mmlo.tasks.rendering import Progress
+from mmlo.tasks.registry import benchmark_names, data_status, prepare_data, preview_grid
 
 #: Contact-sheet tiles are enlarged (nearest neighbour) to at least this many pixels, to be legible.
 SHEET_TILE = 64
 
 
-@dataclass(frozen=True)
-class DataRow:
-    """One line of ``mmlo data list``; ``classes`` is None where it is unbounded or not yet known."""
-
-    benchmark: str
-    mode: str
-    split: str
-    classes: int | None
-    ready: bool
-    note: str
-
-
 def data_list(root: Path | None = None, cache_dir: Path | None = None) -> list[DataRow]:
-    """Every registered benchmark: regression (procedural, always ready), offline4 (class counts from the
-    committed index; ready when its sources are installed or its default cache is rendered) and the real
-    datasets (ready when their files are under ``root``; class counts once prepared)."""
-    rows: list[DataRow] = []
-    for name in benchmark_names():
-        if benchmark_kind(name) == "regression":
-            rows += [DataRow(name, m, "all", None, True, "procedural: unlimited tasks") for m in benchmark_modes(name)]
-        elif name == "offline4":
-            rows += _offline4_rows(cache_dir)
-        else:
-            rows += _real_rows(name, root, cache_dir)
-    return rows
-
-
-def _offline4_rows(cache_dir: Path | None) -> list[DataRow]:
-    from mmlo.tasks import offline4
-
-    defaults = BenchmarkConfig(name="offline4", cache_dir=cache_dir)
-    root = offline4.cache_root(cache_dir)
-    rows = []
-    for mode in offline4.MODES:
-        missing = [s for s in offline4.mode_sources(mode) if not s.present]
-        for split, n in offline4.class_counts()[mode].items():
-            cached = offline4.cached_bank_file(root, mode, split, defaults.image_size, defaults.samples_per_class, n)
-            if cached is not None:
-                note = f"cached ({defaults.image_size}px, {defaults.samples_per_class} per class)"
-            elif missing:
-                note = "missing: " + "; ".join(f"{s.name} ({s.install})" for s in missing)
-            else:
-                note = "renders on first use (or run `mmlo data prepare offline4`)"
-            rows.append(DataRow("offline4", mode, split, n, cached is not None or not missing, note))
-    return rows
-
-
-def _real_rows(name: str, root: Path | None, cache_dir: Path | None) -> list[DataRow]:
-    from mmlo.tasks.errors import DataMissingError
-
-    real = importlib.import_module("mmlo.tasks.real")
-    status = real.status(name, root)
-    counts: dict[str, dict[str, int]] = {}
-    if root is not None and all(s.present for s in status.values()):
-        try:
-            counts = real.class_counts(BenchmarkConfig(name=name, root=root, cache_dir=cache_dir))
-        except DataMissingError:
-            counts = {}
-    rows = []
-    for mode, st in status.items():
-        if st.present:
-            note = "present"
-        elif root is None:
-            note = f"needs --root, a folder holding {'; '.join(st.expected)}"
-        else:
-            note = str(st)
-        if mode in counts:
-            rows += [DataRow(name, mode, s, counts[mode][s], st.present, note) for s in SPLITS]
-        else:
-            suffix = "; run `mmlo data prepare` for class counts" if st.present else ""
-            rows.append(DataRow(name, mode, "all", None, st.present, note + suffix))
-    return rows
+    """Every registered benchmark's lines, in registration order: regression (procedural, always ready),
+    offline4 (class counts from the committed index; ready when its sources are installed or its default
+    cache is rendered) and the real datasets (ready when their files are under ``root``; class counts once
+    prepared)."""
+    return [row for name in benchmark_names() for row in data_status(name, root, cache_dir)]
 
 
 def format_rows(rows: list[DataRow]) -> str:
@@ -155,23 +88,13 @@ def prepare(
     cfg = config or BenchmarkConfig(name=name)
     if root is not None:
         cfg = cfg.model_copy(update={"root": root.expanduser().resolve()})
-    bar = progress or StderrProgress()
-    if benchmark_kind(name) == "regression":
+    prepared = prepare_data(cfg, progress or StderrProgress())
+    if prepared is None:
         return {}
-    if name == "offline4":
-        from mmlo.tasks import offline4
-
-        files = offline4.prepare(cfg, bar)
-        counts = offline4.class_counts(cfg.max_classes)
-        ready = {m: counts[m] for m in offline4.selected_modes(cfg)}
-        where = f" in {files[0].parent.parent}" if files else ""
-    else:
-        real = importlib.import_module("mmlo.tasks.real")
-        ready = dict(real.prepare(cfg, bar))
-        where = ""
-    for mode, per_split in ready.items():
+    where = "" if prepared.location is None else f" in {prepared.location}"
+    for mode, per_split in prepared.classes.items():
         print(f"{name} {mode}: ready{where} ({', '.join(f'{s} {n}' for s, n in per_split.items())} classes)")
-    return ready
+    return prepared.classes
 
 
 def show(
@@ -190,40 +113,11 @@ def show(
     dataset reads its prepared cache."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if benchmark_kind(name) == "regression":
-        raise ValueError(f"{name} is a regression benchmark: it has functions, not images, to show")
-    if mode not in benchmark_modes(name):
-        raise ValueError(f"{name} has no mode {mode!r}; modes: {', '.join(benchmark_modes(name))}")
-    if name == "offline4":
-        from mmlo.tasks import offline4
-
-        available = offline4.class_counts()[mode][split]
-        size = image_size or BenchmarkConfig().image_size
-        grid = offline4.render_preview(mode, split, range(min(n_classes, available)), samples, size)
-    else:
-        grid = _real_grid(name, mode, split, n_classes, samples, root, image_size)
+    grid = preview_grid(name, mode, split, n_classes, samples, root, image_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(grid).save(out)
     return out
-
-
-def _real_grid(
-    name: str, mode: str, split: str, n_classes: int, samples: int, root: Path | None, image_size: int | None
-) -> np.ndarray:
-    from mmlo.tasks.registry import get_benchmark
-
-    update = {} if image_size is None else {"image_size": image_size}
-    benchmark = get_benchmark(BenchmarkConfig(name=name, modes=[mode], root=root, **update))
-    bank = benchmark.bank(mode, split)  # type: ignore[attr-defined]
-    rows = []
-    for c in range(min(n_classes, bank.num_classes)):
-        images = bank.class_images(c)[:samples]
-        if images.shape[-1] == 1:
-            images = np.repeat(images, 3, axis=-1)
-        pad = np.full((samples - len(images), *images.shape[1:]), 255, dtype=np.uint8)
-        rows.append(np.concatenate([images, pad]))
-    return np.stack(rows)
 
 
 def contact_sheet(grid: np.ndarray, gap: int = 2) -> Image.Image:

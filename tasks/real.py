@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmlo.tasks.base import SPLITS
+from mmlo.tasks.base import SPLITS, DataRow, Prepared, Progress, Split
 from mmlo.tasks.config import BenchmarkConfig
 from mmlo.tasks.episodes import ClassBank, ImageBenchmark
 from mmlo.tasks.errors import DataMissingError
@@ -40,9 +40,6 @@ COMPOSITIONS: dict[str, tuple[str, ...]] = {
 
 #: Bumped whenever the cached pixels of an unchanged dataset would change (resampling, inversion ...).
 RECIPE_VERSION = 1
-
-#: ``progress(label, done, total)``, called while images are decoded.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -247,3 +244,51 @@ def build(cfg: BenchmarkConfig) -> ImageBenchmark:
         banks[mode] = splits
     fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     return ImageBenchmark(cfg.name, banks, cfg.ways, cfg.shots, cfg.query, fingerprint, image_size=size)
+
+
+def data_rows(name: str, root: Path | None, cache_dir: Path | None) -> list[DataRow]:
+    """``name``'s lines of ``mmlo data list``: ready when its files are under ``root``; class counts per split
+    once it is prepared."""
+    found = status(name, root)
+    counts: dict[str, dict[str, int]] = {}
+    if root is not None and all(s.present for s in found.values()):
+        try:
+            counts = class_counts(BenchmarkConfig(name=name, root=root, cache_dir=cache_dir))
+        except DataMissingError:
+            counts = {}
+    rows = []
+    for mode, st in found.items():
+        if st.present:
+            note = "present"
+        elif root is None:
+            note = f"needs --root, a folder holding {'; '.join(st.expected)}"
+        else:
+            note = str(st)
+        if mode in counts:
+            rows += [DataRow(name, mode, s, counts[mode][s], st.present, note) for s in SPLITS]
+        else:
+            suffix = "; run `mmlo data prepare` for class counts" if st.present else ""
+            rows.append(DataRow(name, mode, "all", None, st.present, note + suffix))
+    return rows
+
+
+def prepare_data(cfg: BenchmarkConfig, progress: Progress | None = None) -> Prepared:
+    """``mmlo data prepare``: the files checked under ``cfg.root`` and resized into the cache (:func:`prepare`)."""
+    return Prepared(dict(prepare(cfg, progress)))
+
+
+def preview_grid(
+    name: str, mode: str, split: Split, n_classes: int, samples: int, root: Path | None, image_size: int | None
+) -> np.ndarray:
+    """``mmlo data show``: the first ``samples`` images of the first ``n_classes`` classes of ``mode``, read
+    from the prepared cache (white tiles where a class has fewer), as uint8 RGB."""
+    update = {} if image_size is None else {"image_size": image_size}
+    bank = build(BenchmarkConfig(name=name, modes=[mode], root=root, **update)).bank(mode, split)
+    rows = []
+    for c in range(min(n_classes, bank.num_classes)):
+        images = bank.class_images(c)[:samples]
+        if images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)
+        pad = np.full((samples - len(images), *images.shape[1:]), 255, dtype=np.uint8)
+        rows.append(np.concatenate([images, pad]))
+    return np.stack(rows)

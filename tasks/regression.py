@@ -19,11 +19,12 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mmlo.tasks.base import SPLITS, Benchmark, Split, TaskBatch
+from mmlo.tasks.base import SPLITS, Benchmark, DataRow, Split, TaskBatch
 from mmlo.tasks.config import BenchmarkConfig
 
 #: Bumped whenever the sampling recipe changes, so that fingerprints of old studies stop matching.
@@ -230,3 +231,8 @@ def build(cfg: BenchmarkConfig) -> RegressionBenchmark:
     if outside:
         raise ValueError(f"modes {outside} are not part of {cfg.name}; it has {available}")
     return RegressionBenchmark(cfg.name, modes, cfg.shots, cfg.query)
+
+
+def data_rows(name: str, root: Path | None, cache_dir: Path | None) -> list[DataRow]:
+    """``name``'s lines of ``mmlo data list``: procedural, always ready (``root`` and ``cache_dir`` are not used)."""
+    return [DataRow(name, mode, "all", None, True, "procedural: unlimited tasks") for mode in BENCHMARK_MODES[name]]

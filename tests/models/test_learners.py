@@ -241,7 +241,7 @@ def test_kernel_modulated_regression_keeps_the_autograd_inner_loop(monkeypatch: 
 def test_an_inactive_clip_is_left_out_without_changing_the_meta_gradient() -> None:
     # Clip far above every inner gradient: the factor is None (not applied). Under torch.func the factor is
     # always applied (clamped to 1); both give the same loss and meta-gradient, so leaving it out is exact.
-    from mmlo.models.learners import _clip_factor
+    from mmlo.models._maml import _clip_factor
 
     three_four = {"w": torch.tensor([[3.0, 4.0]])}
     assert _clip_factor(three_four, {}, {}, 5.5) is None

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from mmlo.tasks import emoji, offline4
+from mmlo.tasks import offline4
+from mmlo.tasks.offline4 import emoji
 from mmlo.tasks.errors import DataMissingError
 
 

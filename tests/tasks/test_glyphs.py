@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmlo.tasks import glyphs
+from mmlo.tasks.offline4 import glyphs
 from mmlo.tasks.errors import DataMissingError
-from mmlo.tasks.sources import locate_font
+from mmlo.tasks.offline4.sources import locate_font
 
 NOTO_SANS = "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf"
 

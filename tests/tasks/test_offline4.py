@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmlo.tasks import offline4, rendering
+from mmlo.tasks import offline4
+from mmlo.tasks.offline4 import benchmark, rendering
 from mmlo.tasks.base import SPLITS
 from mmlo.tasks.config import BenchmarkConfig
 from mmlo.tasks.errors import DataMissingError
-from mmlo.tasks.glyphs import letter
-from mmlo.tasks.sources import ASSETS
+from mmlo.tasks.offline4.glyphs import letter
+from mmlo.tasks.offline4.sources import ASSETS
 
 MODES = offline4.MODES
 
@@ -175,7 +176,7 @@ def test_build_gives_episodes_and_reuses_the_cache(tmp_path: Path, monkeypatch: 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("rendered although cached")
 
-    monkeypatch.setattr(offline4, "render_classes", refuse)
+    monkeypatch.setattr(benchmark, "render_classes", refuse)
     again = offline4.build(cfg).tasks("train", [0, 1], [7, 7])
     np.testing.assert_array_equal(again.support_x.numpy(), batch.support_x.numpy())
     smaller = offline4.build(tiny(tmp_path, modes=["textures"], max_classes=6)).bank("textures", "train")
@@ -196,7 +197,7 @@ def test_prepare_renders_every_split(tmp_path: Path, needs_sources: Callable[...
 
 def test_missing_font_package_refuses_the_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without its fonts a mode is refused with the package to install, never rendered from a substitute.
-    from mmlo.tasks import glyphs
+    from mmlo.tasks.offline4 import glyphs
 
     monkeypatch.setattr(glyphs, "locate_font", lambda path: None)
     with pytest.raises(DataMissingError, match="sudo apt-get install fonts-noto-core"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mmlo.tasks.raster import downsample, elastic_warp, fit_to_frame, random_affine, sample_rng
+from mmlo.tasks.offline4.raster import downsample, elastic_warp, fit_to_frame, random_affine, sample_rng
 
 
 def square(size: int = 64, lo: int = 24, hi: int = 40) -> Image.Image:

@@ -1,7 +1,11 @@
+#!/usr/bin/env python3
 """Rebuild offline4's committed class index (and, with ``--icons``, the vendored icon bodies).
 
-    python -m mmlo.tasks.build_offline4_index            # index from the installed fonts and packages
-    python -m mmlo.tasks.build_offline4_index --icons    # also re-fetch the Iconify sets with npm
+    python scripts/build_offline4_index.py            # index from the installed fonts and packages
+    python scripts/build_offline4_index.py --icons    # also re-fetch the Iconify sets with npm
+
+A maintainer tool, not part of the installed package: run it with the checkout's own environment (``make
+setup`` installs mmlo editable), so that it writes into the checkout's ``tasks/offline4/assets/``.
 
 The index fixes, for every mode, the classes of the train, val and test splits and what each class is
 drawn from; rendered images are never committed. Its content hash (and one per mode) is recorded in the
@@ -44,10 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from mmlo.tasks import emoji, glyphs, icons
-from mmlo.tasks.offline4 import INDEX_FILE, canonical_sha256, index_sha256
-from mmlo.tasks.raster import fit_to_frame
-from mmlo.tasks.sources import ASSETS
+from mmlo.tasks.offline4 import emoji, glyphs, icons
+from mmlo.tasks.offline4.index import INDEX_FILE, canonical_sha256, index_sha256
+from mmlo.tasks.offline4.raster import fit_to_frame
+from mmlo.tasks.offline4.sources import ASSETS
 
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.64, "val": 0.16, "test": 0.20}
 SEED = 20211028
@@ -428,7 +432,7 @@ def _texture_params(kind: str, rng: np.random.Generator) -> dict[str, Any]:
 
 def build_textures() -> dict[str, Any]:
     """The textures mode: ``TEXTURE_CLASSES`` parameter draws, kinds in turn, two palettes each."""
-    from mmlo.tasks.textures import KINDS
+    from mmlo.tasks.offline4.textures import KINDS
 
     rng = np.random.default_rng(SEED)
     classes = []
@@ -487,7 +491,7 @@ def write_licenses(sets: Mapping[str, Mapping[str, Any]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mmlo.tasks.build_offline4_index", description=__doc__.split("\n")[0]
+        prog="python scripts/build_offline4_index.py", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--icons", action="store_true", help="re-fetch the Iconify sets with npm and re-vendor the icon bodies"

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
 from mmlo.tasks.errors import DataMissingError
-from mmlo.tasks.raster import composite, downsample, fit_to_frame, random_affine, sample_rng
-from mmlo.tasks.sources import Source, apt_install, locate_font, pip_install
+from mmlo.tasks.offline4.raster import composite, downsample, fit_to_frame, random_affine, sample_rng
+from mmlo.tasks.offline4.sources import Source, apt_install, locate_font, pip_install
 
 MODE = "emoji"
 CHANNELS = 3
@@ -136,7 +136,7 @@ def render_sample(table: Mapping[str, Any], key: str, variants: Sequence[Sequenc
         built = ", ".join(f"{p} {v}" for p, v in sorted(table["packages"].items()))
         raise DataMissingError(
             f"emoji class {key}: {err}; the class index was built with {built}: install those versions or "
-            "rebuild the index (python -m mmlo.tasks.build_offline4_index), which changes its hash"
+            "rebuild the index (python scripts/build_offline4_index.py), which changes its hash"
         ) from None
     posed = random_affine(fit_to_frame(picture, rng), rng, rotation=20.0, shear=0.1)
     grey = int(rng.integers(225, 256))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmlo.tasks.build_offline4_index import SPLIT_FRACTIONS, emoji_class_key, icon_concept, split_by_group
+from build_offline4_index import SPLIT_FRACTIONS, emoji_class_key, icon_concept, split_by_group
 
 
 def test_emoji_variants_merge_into_one_class() -> None:

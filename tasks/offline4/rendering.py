@@ -11,20 +11,19 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-#: ``progress(label, done, total)``: called as classes are rendered (``done`` counts images).
-Progress = Callable[[str, int, int], None]
+from mmlo.tasks.base import Progress
 
 MODE_MODULES: dict[str, str] = {
-    "glyphs": "mmlo.tasks.glyphs",
-    "emoji": "mmlo.tasks.emoji",
-    "icons": "mmlo.tasks.icons",
-    "textures": "mmlo.tasks.textures",
+    "glyphs": "mmlo.tasks.offline4.glyphs",
+    "emoji": "mmlo.tasks.offline4.emoji",
+    "icons": "mmlo.tasks.offline4.icons",
+    "textures": "mmlo.tasks.offline4.textures",
 }
 #: Below this many images a worker pool costs more than it saves.
 PARALLEL_MIN_IMAGES = 2000
@@ -103,7 +102,7 @@ def _run(jobs: list[Job], table: Mapping[str, Any], workers: int) -> Iterator[np
     # fork, not spawn: a spawned worker re-runs the caller's main script, which in a script without a
     # `__main__` guard renders again and makes the pool respawn workers forever. Workers only run numpy and
     # Pillow, so they never touch the thread pools (torch's) a fork does not copy; trials, which run beside
-    # Ray's threads, render with one process (see offline4.ensure_bank).
+    # Ray's threads, render with one process (see benchmark.ensure_bank).
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_init_worker, initargs=(table,)) as pool:
         yield from pool.imap(_render_chunk_in_worker, jobs)

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mmlo.tasks.errors import DataMissingError
-from mmlo.tasks.raster import downsample, elastic_warp, fit_to_frame, random_affine, sample_rng
-from mmlo.tasks.sources import Source, apt_install, describe_names, locate_font
+from mmlo.tasks.offline4.raster import downsample, elastic_warp, fit_to_frame, random_affine, sample_rng
+from mmlo.tasks.offline4.sources import Source, apt_install, describe_names, locate_font
 
 MODE = "glyphs"
 CHANNELS = 1
@@ -115,7 +115,7 @@ def render_sample(table: Mapping[str, Any], key: str, fonts: Sequence[int], inde
         raise DataMissingError(
             f"{path.rsplit('/', 1)[-1]} has no glyph for {key}: the class index was built with {package} "
             f"{table['packages'].get(package, '?')}; install that version ({apt_install([package])}) or "
-            "rebuild the index (python -m mmlo.tasks.build_offline4_index), which changes its hash"
+            "rebuild the index (python scripts/build_offline4_index.py), which changes its hash"
         )
     ink = fit_to_frame(draw_letter(path, letter(key)), rng)
     pen = int(rng.integers(3))

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmlo.tasks.raster import WORK_SIZE, downsample, sample_rng
-from mmlo.tasks.sources import Source
+from mmlo.tasks.offline4.raster import WORK_SIZE, downsample, sample_rng
+from mmlo.tasks.offline4.sources import Source
 
 MODE = "textures"
 CHANNELS = 3

@@ -3,8 +3,8 @@
 A class is one concept named alike by at least five Iconify sets (key: the name with style prefixes and
 suffixes stripped, e.g. ``bell``); its samples vary the icon set and the set's style (outline, filled,
 duotone ...), the ink (a random dark colour) and the ground (a random light one), and the pose. The icon
-bodies are vendored in ``assets/offline4_icons.json.gz`` (rebuilt by ``python -m
-mmlo.tasks.build_offline4_index --icons``); the licence of each set is in ``assets/LICENSES``. SVGs are
+bodies are vendored in ``assets/offline4_icons.json.gz`` (rebuilt by ``python
+scripts/build_offline4_index.py --icons``); the licence of each set is in ``assets/LICENSES``. SVGs are
 rasterised with resvg (the ``resvg-py`` package).
 
 Index table: ``sets`` (prefix -> package version and licence), ``bodies_sha256`` (hash of the vendored
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmlo.tasks.raster import composite, downsample, fit_to_frame, random_affine, sample_rng
-from mmlo.tasks.sources import ASSETS, Source, pip_install
+from mmlo.tasks.offline4.raster import composite, downsample, fit_to_frame, random_affine, sample_rng
+from mmlo.tasks.offline4.sources import ASSETS, Source, pip_install
 
 MODE = "icons"
 CHANNELS = 3
@@ -50,7 +50,7 @@ def bodies(expected_sha256: str) -> dict[str, dict[str, list[Any]]]:
     if digest != expected_sha256:
         raise ValueError(
             f"{BODIES_FILE} has sha256 {digest[:16]}..., the class index expects {expected_sha256[:16]}...: "
-            "rebuild both with `python -m mmlo.tasks.build_offline4_index --icons`"
+            "rebuild both with `python scripts/build_offline4_index.py --icons`"
         )
     return json.loads(gzip.decompress(raw))["bodies"]
 

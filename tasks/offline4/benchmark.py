@@ -1,101 +1,34 @@
-"""``offline4``: the built-in multimodal image benchmark (glyphs, emoji, icons, textures).
+"""Building offline4: the cache of rendered banks, the benchmark of a study, and its data commands.
 
-Four visually distinct modes stand in for the papers' datasets on machines that reach package registries
-but no dataset host: ``glyphs`` (Omniglot), ``emoji`` (natural objects), ``icons`` (fine-grained shapes),
-``textures`` (CIFAR-like full frames). Each mode's train, val and test classes are disjoint and fixed by a
-committed class index (``assets/offline4_index.json.gz``, built by ``python -m
-mmlo.tasks.build_offline4_index``) whose sha256 is checked on load and enters the benchmark fingerprint.
-
-Images are rendered from installed fonts and packages (:mod:`mmlo.tasks.sources`), never downloaded by a
-trial: a bank (one mode's split at one image size and ``samples_per_class``) is rendered on first use into
-a cache (``cache_dir``, else ``$MMLO_CACHE``, else ``~/.cache/mmlo``) and reused; ``mmlo data prepare
-offline4`` renders every bank once, before a study, on every core. A mode whose sources are missing is
-refused with :class:`~mmlo.tasks.errors.DataMissingError` naming the install command.
+A bank (one mode's split at one image size and ``samples_per_class``) is rendered on first use into a cache
+(``cache_dir``, else ``$MMLO_CACHE``, else ``~/.cache/mmlo``) and reused; ``mmlo data prepare offline4``
+renders every bank once, before a study, on every core. A mode whose sources are missing is refused with
+:class:`~mmlo.tasks.errors.DataMissingError` naming the install command.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import hashlib
-import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmlo.tasks.base import SPLITS, Split
+from mmlo.tasks.base import SPLITS, DataRow, Prepared, Progress, Split
 from mmlo.tasks.config import BenchmarkConfig
 from mmlo.tasks.episodes import ClassBank, ImageBenchmark
-from mmlo.tasks.rendering import MODE_MODULES, Progress, mode_module, render_classes
-from mmlo.tasks.sources import ASSETS, Source, require
+from mmlo.tasks.offline4.index import canonical_sha256, load_index
+from mmlo.tasks.offline4.rendering import MODE_MODULES, mode_module, render_classes
+from mmlo.tasks.offline4.sources import Source, require
 
 NAME = "offline4"
 MODES: tuple[str, ...] = tuple(MODE_MODULES)
-INDEX_FILE = "offline4_index.json.gz"
 #: Bumped whenever a renderer draws different pixels for the same class and sample index; part of the
 #: cache key and of the fingerprint, so old caches and old results are never mixed with new ones.
 RECIPE_VERSION = 2
-
-
-@dataclass(frozen=True)
-class ModeIndex:
-    """One mode of the committed class index: its renderer table and the ``(key, entry)`` classes per split."""
-
-    mode: str
-    table: Mapping[str, Any]
-    splits: Mapping[Split, tuple[tuple[str, Any], ...]]
-    sha256: str
-
-    def classes(self, split: Split, max_classes: int | None = None) -> tuple[tuple[str, Any], ...]:
-        """The classes of ``split``; with ``max_classes``, the deterministic prefix of that length."""
-        found = self.splits[split]
-        return found if max_classes is None else found[:max_classes]
-
-
-def canonical_sha256(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj`` (sorted keys, no spaces)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def index_sha256(mode_hashes: Mapping[str, str]) -> str:
-    """The hash of the whole index: of the per-mode hashes, in mode-name order."""
-    return hashlib.sha256("".join(f"{m}:{mode_hashes[m]}\n" for m in sorted(mode_hashes)).encode()).hexdigest()
-
-
-def verify_index(raw: Mapping[str, Any]) -> dict[str, ModeIndex]:
-    """The modes of a decoded index, after checking every recorded hash against the content."""
-    modes: dict[str, ModeIndex] = {}
-    for mode, content in raw["modes"].items():
-        digest = canonical_sha256({"table": content["table"], "splits": content["splits"]})
-        if digest != content["sha256"]:
-            raise ValueError(
-                f"{INDEX_FILE}: mode {mode!r} has content hash {digest[:16]}..., the file records "
-                f"{content['sha256'][:16]}...; the index was edited by hand or damaged. Restore it from git "
-                "or rebuild it with `python -m mmlo.tasks.build_offline4_index`."
-            )
-        splits = {s: tuple((key, entry) for key, entry in content["splits"][s]) for s in SPLITS}
-        modes[mode] = ModeIndex(mode, content["table"], splits, digest)
-    whole = index_sha256({m: i.sha256 for m, i in modes.items()})
-    if whole != raw["sha256"]:
-        raise ValueError(f"{INDEX_FILE}: index hash {whole[:16]}... differs from the recorded {raw['sha256'][:16]}...")
-    return modes
-
-
-@functools.cache
-def load_index() -> dict[str, ModeIndex]:
-    """The committed class index, verified."""
-    return verify_index(json.loads(gzip.decompress((ASSETS / INDEX_FILE).read_bytes())))
-
-
-def class_index_sha256() -> str:
-    """The recorded sha256 of the whole committed class index."""
-    return index_sha256({m: i.sha256 for m, i in load_index().items()})
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -341,3 +274,40 @@ def render_preview(mode: str, split: Split, classes: Sequence[int], samples: int
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     return images.reshape(len(chosen), samples, image_size, image_size, 3)
+
+
+def data_rows(name: str, root: Path | None, cache_dir: Path | None) -> list[DataRow]:
+    """offline4's lines of ``mmlo data list``: class counts from the committed index; a split is ready when
+    its sources are installed or its bank at the default size is cached (``root`` is not used)."""
+    defaults = BenchmarkConfig(name=name, cache_dir=cache_dir)
+    cache = cache_root(cache_dir)
+    rows = []
+    for mode in MODES:
+        missing = [s for s in mode_sources(mode) if not s.present]
+        for split, n in class_counts()[mode].items():
+            cached = cached_bank_file(cache, mode, split, defaults.image_size, defaults.samples_per_class, n)
+            if cached is not None:
+                note = f"cached ({defaults.image_size}px, {defaults.samples_per_class} per class)"
+            elif missing:
+                note = "missing: " + "; ".join(f"{s.name} ({s.install})" for s in missing)
+            else:
+                note = "renders on first use (or run `mmlo data prepare offline4`)"
+            rows.append(DataRow(name, mode, split, n, cached is not None or not missing, note))
+    return rows
+
+
+def prepare_data(cfg: BenchmarkConfig, progress: Progress | None = None) -> Prepared:
+    """``mmlo data prepare offline4``: every bank of ``cfg`` rendered on every core (:func:`prepare`)."""
+    files = prepare(cfg, progress)
+    counts = class_counts(cfg.max_classes)
+    return Prepared({m: counts[m] for m in selected_modes(cfg)}, files[0].parent.parent if files else None)
+
+
+def preview_grid(
+    name: str, mode: str, split: Split, n_classes: int, samples: int, root: Path | None, image_size: int | None
+) -> np.ndarray:
+    """``mmlo data show offline4``: the first ``n_classes`` classes of ``mode`` rendered afresh (no cache
+    needed), at ``image_size`` or the default size (``name`` and ``root`` are not used)."""
+    available = class_counts()[mode][split]
+    size = image_size or BenchmarkConfig().image_size
+    return render_preview(mode, split, range(min(n_classes, available)), samples, size)
