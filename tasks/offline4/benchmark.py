@@ -224,9 +224,17 @@ def prepare(cfg: BenchmarkConfig, progress: Progress | None = None, *, workers: 
     Every selected mode's sources are checked first, so a missing font package is reported before minutes
     of rendering, not after.
     """
-    modes = selected_modes(cfg)
-    for mode in modes:
+    for mode in selected_modes(cfg):
         require(mode, mode_sources(mode))
+    return _ensure_banks(cfg, progress, workers)
+
+
+def prepare_here(cfg: BenchmarkConfig) -> None:
+    """Every bank ``cfg`` needs, found in this machine's cache or rendered there on one CPU (a trial's node)."""
+    _ensure_banks(cfg, None, 1)
+
+
+def _ensure_banks(cfg: BenchmarkConfig, progress: Progress | None, workers: int | None) -> list[Path]:
     return [
         ensure_bank(
             mode,
@@ -238,24 +246,9 @@ def prepare(cfg: BenchmarkConfig, progress: Progress | None = None, *, workers: 
             progress=progress,
             workers=workers,
         )
-        for mode in modes
+        for mode in selected_modes(cfg)
         for split in SPLITS
     ]
-
-
-def prepare_here(cfg: BenchmarkConfig) -> None:
-    """Every bank ``cfg`` needs, found in this machine's cache or rendered there on one CPU (a trial's node)."""
-    for mode in selected_modes(cfg):
-        for split in SPLITS:
-            ensure_bank(
-                mode,
-                split,
-                image_size=cfg.image_size,
-                samples_per_class=cfg.samples_per_class,
-                max_classes=cfg.max_classes,
-                cache_dir=cfg.cache_dir,
-                workers=1,
-            )
 
 
 def class_counts(max_classes: int | None = None) -> dict[str, dict[Split, int]]:

@@ -19,7 +19,6 @@ from mmlo.orchestrator.runner import run_study
 from mmlo.orchestrator.spec import parse_study
 from mmlo.storage import RunStore
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def elsewhere(heartbeat_age_s: float) -> Holder:
@@ -41,31 +40,6 @@ def plant(store: RunStore, holder: Holder) -> None:
 @pytest.fixture
 def local(tmp_path: Path) -> RunStore:
     return RunStore.open(tmp_path / "run")
-
-
-@pytest.fixture(scope="module")
-def s3_bucket() -> Iterator[str]:
-    """A moto S3 server in this process; pyarrow reaches it over HTTP as it would reach S3."""
-    from moto.server import ThreadedMotoServer
-    import pyarrow.fs
-
-    saved = {key: os.environ.get(key) for key in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    pyarrow.fs.S3FileSystem(
-        endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
-    ).create_dir("leases")
-    try:
-        yield f"endpoint_override=http://{host}:{port}&region=us-east-1&scheme=http"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_lease_names_this_driver_and_is_gone_after_release(local: RunStore) -> None:
@@ -166,15 +140,15 @@ def test_drivers_starting_together_one_wins_on_a_folder(local: RunStore) -> None
     assert sorted(race(local)) == ["refused", "refused", "refused", "won"]
 
 
-def test_lease_on_an_object_store(s3_bucket: str) -> None:
+def test_lease_on_an_object_store(s3_endpoint: str) -> None:
     # S3 (moto): the same guarantees without create-if-absent: held, refused, raced, released, stale
-    store = RunStore.open(f"s3://leases/run?{s3_bucket}")
+    store = RunStore.open(f"s3://runs/leases/run?{s3_endpoint}")
     with hold(store, settle_s=0.0) as held:
         assert read_holder(store) == held.holder
         with pytest.raises(LeaseHeld, match=f"pid {os.getpid()}"):
             acquire(store, settle_s=0.0)
     assert not store.exists(LEASE_FILE)
-    raced = RunStore.open(f"s3://leases/race?{s3_bucket}")
+    raced = RunStore.open(f"s3://runs/leases/race?{s3_endpoint}")
     assert sorted(race(raced, drivers=3)) == ["refused", "refused", "won"]
     plant(raced, elsewhere(lease.STALE_AFTER_S + 1))
     acquire(raced, settle_s=0.0).release()
