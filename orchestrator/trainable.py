@@ -344,8 +344,11 @@ def _train(
             }
         )
         ledger.write_record(run_dir, record)
+        # The costs a cost-aware search tells Optuna beside the metric (search.cost) come with the final report.
+        costs = {"seconds_per_iteration": result.seconds_per_iteration, "params_total": record["params_total"]}
         for metrics, checkpoint in held:
-            _report(tune, {**metrics, "test_metric": result.test_metric}, checkpoint)
+            final = {**metrics, "test_metric": result.test_metric}
+            _report(tune, {**final, **{k: float(v) for k, v in costs.items() if v is not None}}, checkpoint)
 
 
 def _report(tune: Any, metrics: dict[str, float], checkpoint: Path | None) -> None:
