@@ -357,7 +357,9 @@ def history_chart(history: pl.DataFrame, style: Style, base_trials: Sequence[str
     return _finish(chart, "Optimisation history (dashed: best full-budget trial so far)")
 
 
-#: How a cost-aware search's cost reads on an axis (trials.parquet column -> title, number format).
+#: A cost-aware search's cost (trials.parquet column) in words, as prose and the report's headings say it.
+COST_WORDS = {"seconds_per_iteration": "seconds per iteration", "params_total": "parameters"}
+#: How the cost reads on an axis: title and number format.
 COST_AXES = {
     "seconds_per_iteration": ("seconds per meta-training iteration (lower is cheaper)", ".3~g"),
     "params_total": ("parameters (total, lower is smaller)", "~s"),

@@ -501,9 +501,11 @@ def _search_section(run: RunData, style: charts.Style, table: pl.DataFrame | Non
     if cost and cost in run.trials.columns:
         front = tables.pareto_front(run.trials, cost, higher_is_better=run.higher_is_better)
         on_front = front.filter(pl.col("on_front"))["trial_id"].to_list()
+        words = charts.COST_WORDS.get(cost, cost)
         section.blocks.append(
-            f'<h3>Pareto front: {_e(run.metric_name)} against {_e(cost)}</h3><p class="caption">The search '
-            f"optimised two objectives (validation {_e(run.metric_name)} and {_e(cost)}) with Optuna's "
+            f"<h3>Pareto front: validation {_e(style.metric_label)} against {_e(words)}</h3>"
+            f'<p class="caption">The search optimised two objectives (validation {_e(style.metric_label)} and '
+            f"<code>{_e(cost)}</code>) with Optuna's "
             "multi-objective TPE. Red diamonds: full-budget trials no other full-budget trial beats on both "
             "(the front, joined by the staircase of what each cost buys); blue: dominated; grey: stopped "
             "early, from a shorter budget, never on the front. "
@@ -579,7 +581,8 @@ def _outcome_html(run: RunData, outcome: tables.SearchOutcome, record: Mapping[s
 
     budget = (run.spec.get("budget") or {}).get("iterations")
     search_budget = (run.spec.get("search") or {}).get("iterations") or budget
-    base = outcome.base_arm or "the study defaults"
+    base = outcome.base_arm or "the study's defaults"
+    own = "the base arm's own configuration" if outcome.base_arm else "the study's default configuration"
     base_won = outcome.base_trial is not None and outcome.base_trial == outcome.best_trial
     head = (
         f"Of the {outcome.n_trials} search trials, {outcome.n_full} ran their full {search_budget} iterations "
@@ -589,24 +592,24 @@ def _outcome_html(run: RunData, outcome: tables.SearchOutcome, record: Mapping[s
         at_search_budget = head + "; none can be ranked."
     elif base_won:
         at_search_budget = (
-            head + f"; the best was the base arm's own configuration ({outcome.base_trial}, "
+            head + f"; the best was {own} ({outcome.base_trial}, "
             f"{score(outcome.base_value)}): the search found nothing better than {base} at its budget."
         )
     elif outcome.base_trial is not None and outcome.base_state == "completed":
         at_search_budget = (
             head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)} against "
-            f"{score(outcome.base_value)} for the base arm's own configuration ({outcome.base_trial})."
+            f"{score(outcome.base_value)} for {own} ({outcome.base_trial})."
         )
     elif outcome.base_trial is not None:
         at_search_budget = (
-            head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)}; the base arm's own "
-            f"configuration ({outcome.base_trial}) was {str(outcome.base_state).replace('_', ' ')}."
+            head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)}; {own} "
+            f"({outcome.base_trial}) was {str(outcome.base_state).replace('_', ' ')}."
         )
     else:
         why = record.get("start_note") or "this run did not record it"
         at_search_budget = (
-            head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)}. The base arm's own "
-            f"configuration was not among the trials ({why})."
+            head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)}. "
+            f"{own[0].upper() + own[1:]} was not among the trials ({why})."
         )
     parts = [_e(at_search_budget)]
     confirmed = outcome.confirmed.to_dicts()
