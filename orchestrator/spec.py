@@ -181,7 +181,8 @@ class Search(BaseModel):
     cost: Literal["seconds_per_iteration", "params_total"] | None = Field(
         None,
         description=(
-            "Cost-aware search: Optuna's multi-objective TPE maximises the metric and minimises this cost "
+            "Cost-aware search: Optuna's multi-objective TPE optimises the metric (accuracy up, MSE down) and "
+            "minimises this cost "
             "(seconds_per_iteration: mean time of one outer step, noisy on a shared machine; params_total: "
             "trainable parameters, exact), and the report draws the Pareto front of the full-budget trials. "
             "Early stopping judges the metric alone, so a cheap, less accurate configuration may be stopped "
@@ -240,8 +241,8 @@ class Scheduler(BaseModel):
         description=(
             "ASHA: at each rung (grace_period, then grace_period x reduction_factor, ... validations, below "
             "the full budget) a trial continues only if its metric is in the best 1/reduction_factor of the "
-            "trials that reached that rung; the first trial to reach a rung always continues. With the "
-            "default grace period and 2 there is one rung, at half the budget, which keeps the better half."
+            "trials that reached that rung before it; the first trial to reach a rung always continues. With "
+            "the default grace period and 2 there is one rung, at half the budget, which keeps the better half."
         ),
     )
 

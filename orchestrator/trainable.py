@@ -344,11 +344,10 @@ def _train(
             }
         )
         ledger.write_record(run_dir, record)
-        # The costs a cost-aware search tells Optuna beside the metric (search.cost) come with the final report.
-        costs = {"seconds_per_iteration": result.seconds_per_iteration, "params_total": record["params_total"]}
+        # The final report carries the costs a cost-aware search (search.cost) tells Optuna beside the metric.
+        costs = {"seconds_per_iteration": result.seconds_per_iteration, "params_total": float(record["params_total"])}
         for metrics, checkpoint in held:
-            final = {**metrics, "test_metric": result.test_metric}
-            _report(tune, {**final, **{k: float(v) for k, v in costs.items() if v is not None}}, checkpoint)
+            _report(tune, {**metrics, "test_metric": result.test_metric, **costs}, checkpoint)
 
 
 def _report(tune: Any, metrics: dict[str, float], checkpoint: Path | None) -> None:

@@ -393,10 +393,16 @@ def pareto_chart(front: pl.DataFrame, cost: str, style: Style) -> alt.TopLevelMi
             x=x,
             y=y,
             color=alt.Color(
-                "kind:N", sort=kinds, scale=alt.Scale(domain=kinds, range=["#e15759", "#4e79a7", "#bab0ac"]), title=None
+                "kind:N",
+                sort=kinds,
+                scale=alt.Scale(domain=kinds, range=["#e15759", "#4e79a7", "#bab0ac"]),
+                title=None,
             ),
             shape=alt.Shape(
-                "kind:N", sort=kinds, scale=alt.Scale(domain=kinds, range=["diamond", "circle", "triangle-down"]), title=None
+                "kind:N",
+                sort=kinds,
+                scale=alt.Scale(domain=kinds, range=["diamond", "circle", "triangle-down"]),
+                title=None,
             ),
             tooltip=[
                 alt.Tooltip("trial_id:N", title="trial"),

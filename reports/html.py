@@ -655,11 +655,13 @@ def _rungs_html(run: RunData, rungs: pl.DataFrame, record: Mapping[str, Any]) ->
     scheduler = record.get("scheduler") or {}
     budget = (run.spec.get("search") or {}).get("iterations") or (run.spec.get("budget") or {}).get("iterations")
     factor = scheduler.get("reduction_factor")
-    parts = [
-        f"at iteration {r['iteration']} it kept {r['kept']} of the {r['reached']} trials that reached it"
-        + (f" ({r['reached'] - r['kept'] - r['stopped']} failed there)" if r["reached"] - r["kept"] - r["stopped"] else "")
-        for r in rungs.iter_rows(named=True)
-    ]
+    parts = []
+    for r in rungs.iter_rows(named=True):
+        failed = r["reached"] - r["kept"] - r["stopped"]
+        parts.append(
+            f"at iteration {r['iteration']} it kept {r['kept']} of the {r['reached']} trials that reached it"
+            + (f" ({failed} failed there)" if failed else "")
+        )
     rule = (
         f"a trial goes on only when it is in the best 1/{factor:g} of the trials judged at that rung so far"
         if factor

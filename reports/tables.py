@@ -460,7 +460,8 @@ def search_outcome(
             .then(pl.lit("worse"))
             .otherwise(pl.lit("tie"))
         )
-        confirmed = picked.with_columns(verdict=verdict).select(list(confirmed_schema)).cast(confirmed_schema)  # type: ignore[arg-type]
+        confirmed = picked.with_columns(verdict=verdict).select(list(confirmed_schema))
+        confirmed = confirmed.cast(confirmed_schema)  # type: ignore[arg-type]
     return SearchOutcome(
         base_arm=base_arm,
         base_trial=base["trial_id"][0] if base.height else None,
