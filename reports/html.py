@@ -571,8 +571,8 @@ def _search_section(run: RunData, style: charts.Style, table: pl.DataFrame | Non
 
 
 def _outcome_html(run: RunData, outcome: tables.SearchOutcome, record: Mapping[str, Any]) -> str:
-    """What the search found, in words: at the search budget against the base arm's own configuration,
-    then each confirmed configuration against the base arm, paired on the test episodes."""
+    """What the search found, in words: the verdict, the confirmed configurations against the base arm on the
+    test episodes (the evidence), then the search itself against the base arm's own configuration."""
     numbers = _Numbers(run.metric_name, [outcome.base_value, outcome.best_value, *outcome.confirmed["mean"]])
     percent = run.metric_name == "accuracy"
 
@@ -584,64 +584,65 @@ def _outcome_html(run: RunData, outcome: tables.SearchOutcome, record: Mapping[s
     base = outcome.base_arm or "the study's defaults"
     own = "the base arm's own configuration" if outcome.base_arm else "the study's default configuration"
     base_won = outcome.base_trial is not None and outcome.base_trial == outcome.best_trial
+    parts: list[str] = []
+    confirmed = outcome.confirmed.to_dicts()
+    for i, row in enumerate(confirmed):
+        if i == 0:
+            lead = {
+                "better": f"The search beat its base arm, {base}.",
+                "tie": f"The search did not beat its base arm, {base}, detectably.",
+                "worse": f"The search did not beat its base arm, {base}.",
+            }.get(row["verdict"] or "", "The search's best configuration was re-run.")
+            parts.append(f"<strong>{_e(lead)}</strong>")
+        which = "Its best configuration" if i == 0 else "Its next configuration"
+        if i == 0 and base_won:
+            which = f"Its best configuration other than {own}"
+        values = _tuned_values(run, row["arm"])
+        seeds = f"{row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}"
+        delta = numbers.interval(row["diff"], row["diff_ci95"], signed=True) + (" points" if percent else "")
+        includes_zero = ", an interval that includes 0" if row["verdict"] == "tie" else ""
+        parts.append(
+            _e(
+                f"{which}, {row['trial_id']}{f' ({values})' if values else ''}, re-run with {seeds} at the full "
+                f"{budget} iterations, scores {score(row['mean'])} test {run.metric_name} against "
+                f"{score(row['reference_mean'])} for {base}: Δ {delta}{includes_zero}, paired over "
+                f"{row['n_paired']} test episodes."
+            )
+        )
     head = (
-        f"Of the {outcome.n_trials} search trials, {outcome.n_full} ran their full {search_budget} iterations "
-        "(one seed, scored on the validation episodes)"
+        f"At the search budget ({search_budget} iterations, one seed, scored on the validation episodes), "
+        f"{outcome.n_full} of the {outcome.n_trials} search trials ran in full"
     )
     if outcome.best_trial is None:
-        at_search_budget = head + "; none can be ranked."
+        context = head + "; none can be ranked."
     elif base_won:
-        at_search_budget = (
-            head + f"; the best was {own} ({outcome.base_trial}, "
-            f"{score(outcome.base_value)}): the search found nothing better than {base} at its budget."
-        )
+        context = f"{head}; the best of them was {own} ({outcome.base_trial}, {score(outcome.base_value)})."
     elif outcome.base_trial is not None and outcome.base_state == "completed":
-        at_search_budget = (
-            head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)} against "
+        context = (
+            f"{head}; the best, {outcome.best_trial}, scored {score(outcome.best_value)} against "
             f"{score(outcome.base_value)} for {own} ({outcome.base_trial})."
         )
     elif outcome.base_trial is not None:
-        at_search_budget = (
-            head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)}; {own} "
-            f"({outcome.base_trial}) was {str(outcome.base_state).replace('_', ' ')}."
+        state = str(outcome.base_state).replace("_", " ")
+        context = (
+            f"{head}; the best, {outcome.best_trial}, scored {score(outcome.best_value)}; {own} "
+            f"({outcome.base_trial}) was {state}."
         )
     else:
         why = record.get("start_note") or "this run did not record it"
-        at_search_budget = (
-            head + f"; the best, {outcome.best_trial}, scored {score(outcome.best_value)}. "
+        context = (
+            f"{head}; the best, {outcome.best_trial}, scored {score(outcome.best_value)}. "
             f"{own[0].upper() + own[1:]} was not among the trials ({why})."
         )
-    parts = [_e(at_search_budget)]
-    confirmed = outcome.confirmed.to_dicts()
-    if confirmed:
-        lead = {
-            "better": f"The search beat its base arm, {base}.",
-            "tie": f"The search did not beat its base arm, {base}, detectably.",
-            "worse": f"The search did not beat its base arm, {base}.",
-        }.get(confirmed[0]["verdict"] or "", "The search's best configuration was re-run.")
-        parts.insert(0, f"<strong>{_e(lead)}</strong>")
-        for i, row in enumerate(confirmed):
-            who = f"The next best configuration, {row['trial_id']}" if i == 0 and base_won else row["trial_id"]
-            values = _tuned_values(run, row["arm"])
-            seeds = f"{row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}"
-            delta = numbers.interval(row["diff"], row["diff_ci95"], signed=True) + (" points" if percent else "")
-            includes_zero = ", an interval that includes 0" if row["verdict"] == "tie" else ""
-            parts.append(
-                _e(
-                    f"{who}{f' ({values})' if values else ''}, re-run with {seeds} at the full {budget} "
-                    f"iterations, scores {score(row['mean'])} test {run.metric_name} against "
-                    f"{score(row['reference_mean'])} for {base}: Δ {delta}{includes_zero}, paired over "
-                    f"{row['n_paired']} test episodes."
-                )
-            )
-    elif "confirm" in (run.spec.get("phases") or []) or run.spec.get("confirm"):
+    parts.append(_e(context))
+    if not confirmed and ("confirm" in (run.spec.get("phases") or []) or run.spec.get("confirm")):
         parts.append(
             _e(
                 "No configuration was confirmed: no search trial other than the base arm's own configuration "
                 "completed its budget."
             )
         )
-    else:
+    elif not confirmed:
         parts.append(
             "No confirm phase ran, so these are validation scores of one seed at the search budget: add a "
             "<code>confirm</code> block to re-run the best configuration with every seed at the full budget "
@@ -662,8 +663,9 @@ def _rungs_html(run: RunData, rungs: pl.DataFrame, record: Mapping[str, Any]) ->
             f"at iteration {r['iteration']} it kept {r['kept']} of the {r['reached']} trials that reached it"
             + (f" ({failed} failed there)" if failed else "")
         )
+    share = "better half" if factor == 2 else f"best 1/{factor:g}"
     rule = (
-        f"a trial goes on only when it is in the best 1/{factor:g} of the trials judged at that rung so far"
+        f"a trial goes on only when it is in the {share} of the trials judged at that rung before it"
         if factor
         else "a trial goes on only when it is among the best judged there"
     )

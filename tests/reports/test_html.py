@@ -217,7 +217,8 @@ def test_search_outcome_in_words(make_run, shift: float, verdict: str) -> None:
     search = text[text.index('<section id="search"') : text.index('<section id="transference"')]
     finding = re.search(r'<p class="finding">(.*?)</p>', search).group(1)
     assert finding.startswith(f"<strong>{verdict}</strong>")
-    assert "the base arm&#x27;s own configuration (srch_00005) was stopped early" in finding
+    assert "the base arm&#x27;s own configuration (srch_00005) was stopped early." in finding
+    assert "Its best configuration, srch_00000 (learner kml · kml_variant residual · lr 0.003), re-run" in finding
     sign = re.escape("+" if shift > 0 else "-")
     assert re.search(sign + r"[45]\.\d\d ± \d\.\d\d points, paired over 80 test episodes", finding), finding
     assert "at iteration 40 it kept 4 of the 5 trials that reached it" in search
