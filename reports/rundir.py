@@ -3,7 +3,9 @@
 The report's only input is what the orchestrator wrote into ``<output>/<study name>/`` (see the Parquet
 contract in README.md). Everything the report needs to order and label its tables and charts (the arms in
 the YAML's order, the modes in the benchmark's order, the baseline arm, the metric and its direction) is
-resolved here once, so every section agrees.
+resolved here once, so every section agrees. A confirm arm (in the Parquet tables, the id of the search trial
+it re-runs) is named here after the arm the search started from, ``MMAML (FiLM), tuned (search-011)``, and
+sits right below that arm.
 """
 
 from __future__ import annotations
