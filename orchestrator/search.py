@@ -213,11 +213,18 @@ def base_point(study: Study) -> tuple[dict[str, Any] | None, str]:
         value = own.get(name)
         if not _can_hold(param, value):
             return None, f"the base arm's {name}={value} lies outside the search space"
+        if param.step is not None and param.low is not None and not _on_step(value, param.low, param.step):
+            return None, f"the base arm's {name}={value} is not on the search's step grid ({param.step:g})"
         point[name] = value
     decoded = {name: decode_value(name, value) for name, value in point.items()}
     if _configuration(study, decoded) != own:
         return None, "the search space cannot express the base arm's configuration"
     return point, ""
+
+
+def _on_step(value: float, low: float, step: float) -> bool:
+    steps = (value - low) / step
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
 
 
 def is_base_configuration(study: Study, spec: TrialSpec) -> bool:

@@ -221,12 +221,15 @@ def test_base_point_is_the_base_arms_own_configuration() -> None:
 
 
 def test_base_point_outside_the_space_is_refused_with_a_reason() -> None:
-    # a base value outside the range or the choices: no point, and the reason names the parameter and value
+    # a base value outside the range, the choices or the step grid: no point, and the reason names it
     narrow = {**BASE_SPACE, "inner_lr": {"type": "float", "low": 0.1, "high": 0.5}}
     point, why = base_point(study_with(narrow))
     assert point is None and "inner_lr=0.05" in why
     point, why = base_point(study_with({"modulation": {"type": "categorical", "choices": ["sigmoid", "kml"]}}))
     assert point is None and "modulation=film" in why
+    point, why = base_point(study_with({"inner_lr": {"type": "float", "low": 0.01, "high": 0.5, "step": 0.03}}))
+    assert point is None and "step grid" in why
+    assert base_point(study_with({"inner_lr": {"type": "float", "low": 0.02, "high": 0.5, "step": 0.03}}))[0]
     assert start_point(study_with(BASE_SPACE, start_from_base=False)) is None
 
 
