@@ -315,16 +315,30 @@ def _keep_driver_log(run: Run) -> None:
 
 
 def _sampler_record(study: Study) -> dict[str, Any] | None:
+    """How the search samples and judges (provenance ``seeds.search``): the report reads its base arm, start
+    point, cost and ASHA rungs from here."""
     if study.search is None:
         return None
-    from mmlo.orchestrator.search import startup_trials
+    from mmlo.orchestrator.plan import search_base
+    from mmlo.orchestrator.search import base_point, grace_period, rung_iterations, startup_trials
 
+    point, why_not = base_point(study)
     return {
         "sampler": "TPESampler",
         "seed": study.search.sampler_seed,
         "n_startup_trials": startup_trials(study),
         "constant_liar": True,
         "training_seed": study.search.seed if study.search.seed is not None else study.seeds[0],
+        "base_arm": search_base(study),
+        "start_point": point if study.search.start_from_base else None,
+        "start_note": why_not if study.search.start_from_base else "search.start_from_base is off",
+        "cost": study.search.cost,
+        "scheduler": {
+            "type": study.scheduler.type,
+            "grace_period": grace_period(study) if study.scheduler.type == "asha" else None,
+            "reduction_factor": study.scheduler.reduction_factor if study.scheduler.type == "asha" else None,
+            "rung_iterations": rung_iterations(study),
+        },
     }
 
 
@@ -847,7 +861,7 @@ def _stages(
 
 def _search_stage(run: Run, n_trials: int, fits: int) -> Sampled:
     """Optuna through OptunaSearch, its journal in the run directory, interrupted trials closed first."""
-    from mmlo.orchestrator.search import enqueue, journal_storage, make_searcher, reconcile_journal
+    from mmlo.orchestrator.search import base_point, enqueue, journal_storage, make_searcher, reconcile_journal
 
     study = run.study
     assert study.search is not None and run.space is not None
@@ -856,7 +870,11 @@ def _search_stage(run: Run, n_trials: int, fits: int) -> Sampled:
         int(r["trial_id"].removeprefix("search-")): r for r in ledger.records(run.run_dir) if r.get("phase") == "search"
     }
     finished = {n: r for n, r in searched.items() if r.get("state") in ledger.FINAL_STATES}
-    enqueue(storage, study.name, reconcile_journal(storage, study.name, finished))
+    costs = (study.search.cost,) if study.search.cost else ()
+    enqueue(storage, study.name, reconcile_journal(storage, study.name, finished, costs))
+    point, why_not = base_point(study)
+    if study.search.start_from_base and point is None:
+        print(f"search: starts without its base arm's configuration ({why_not})", flush=True)
     for number, record in searched.items():
         if number not in finished:
             ledger.remove_trial(run.run_dir, record["trial_id"])
@@ -938,8 +956,13 @@ def _run_tuner(run: Run, stages: list[Stage], fits: int, progress: StudyProgress
 def best_search_trials(run_dir: RunStore, study: Study, higher_is_better: bool) -> list[TrialSpec]:
     """The ``confirm.top_k`` best search trials that completed their full budget, best first.
 
-    Trials that stopped early are never ranked: their scores come from a shorter budget.
+    Trials that stopped early are never ranked: their scores come from a shorter budget. A trial of the base
+    arm's own configuration is passed over when the ablation phase trains that arm: re-running it with the
+    same seeds and budget would repeat those trials exactly, so the next best configuration is confirmed.
     """
+    from mmlo.orchestrator.plan import search_base
+    from mmlo.orchestrator.search import is_base_configuration
+
     assert study.confirm is not None
     full = [
         r
@@ -951,13 +974,21 @@ def best_search_trials(run_dir: RunStore, study: Study, higher_is_better: bool) 
         and int(r["iterations_done"]) >= int(r["budget_iterations"])
     ]
     full.sort(key=lambda r: (-r["val_metric"] if higher_is_better else r["val_metric"], r["trial_id"]))
-    return [TrialSpec.from_json(r["spec"]) for r in full[: study.confirm.top_k]]
+    specs = [TrialSpec.from_json(r["spec"]) for r in full]
+    in_ablation = "ablation" in study.resolved_phases and any(a.name == search_base(study) for a in study.arms)
+    if in_ablation:
+        specs = [spec for spec in specs if not is_base_configuration(study, spec)]
+    return specs[: study.confirm.top_k]
 
 
 def _confirm_plan(run: Run) -> list[TrialSpec]:
     best = best_search_trials(run.run_dir, run.study, run.higher_is_better)
     if not best:
-        print("confirm: no search trial completed its full budget; nothing to confirm", flush=True)
+        print(
+            "confirm: no search trial other than the base arm's own configuration completed its full budget; "
+            "nothing to confirm",
+            flush=True,
+        )
     return confirm_trials(run.study, best)
 
 

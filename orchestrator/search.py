@@ -9,6 +9,11 @@ configuration before any trial starts, so a bad space is a user error (exit 2), 
 
 Trials that ASHA stops are told to Optuna as PRUNED with their intermediate values, never as COMPLETE
 with a truncated score (ray#6056): TPE ranks them apart from trials that used their full budget.
+
+The search starts from what is known: the base arm's own configuration is enqueued as its first trial, so
+its best trial can only match or beat the base at the search budget. ASHA judges a trial only once it has
+trained half its budget (the default grace period), and a cost-aware search (``search.cost``) hands
+Optuna's multi-objective TPE the metric and a cost through OptunaSearch's list of metrics and modes.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from mmlo.orchestrator.plan import (
+    TrialSpec,
     base_arm,
     decode_value,
+    encode_value,
     reports_per_trial,
     search_base,
     search_iterations,
@@ -174,6 +181,63 @@ def compile_space(study: Study, file: Path | str = "<study>") -> SearchSpace:
     return SearchSpace(params)
 
 
+#: Configuration fields that say how long and on which seed a trial trains, not what it trains.
+_RUN_FIELDS = ("iterations", "seed", "eval_seed")
+
+
+def _configuration(study: Study, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What the base arm with ``overrides`` trains, as comparable values: resolved modulation, lists as
+    strings, budget and seed left out."""
+    arm = base_arm(study, search_base(study))
+    learner = study.learner_config(arm, overrides)
+    train = study.train_config(arm, search_seed(study), overrides, search_iterations(study))
+    values = {**learner.model_dump(), **train.model_dump()}
+    values["modulation"] = learner.resolved_modulation
+    values["base"] = learner.base_algorithm
+    return {k: encode_value(v) for k, v in values.items() if k not in _RUN_FIELDS}
+
+
+def base_point(study: Study) -> tuple[dict[str, Any] | None, str]:
+    """The base arm's own configuration as a point of the search space, or None and the reason why not.
+
+    Each parameter the define-by-run function would sample (conditions evaluated on the base's own values)
+    takes the value the base arm trains with; the point is refused when such a value lies outside the
+    space, or when the space cannot express the base's configuration.
+    """
+    assert study.search is not None
+    own = _configuration(study, {})
+    point: dict[str, Any] = {}
+    for name, param in study.search.space.items():
+        if not param.matches(point):
+            continue
+        value = own.get(name)
+        if not _can_hold(param, value):
+            return None, f"the base arm's {name}={value} lies outside the search space"
+        if param.step is not None and param.low is not None and not _on_step(value, param.low, param.step):
+            return None, f"the base arm's {name}={value} is not on the search's step grid ({param.step:g})"
+        point[name] = value
+    decoded = {name: decode_value(name, value) for name, value in point.items()}
+    if _configuration(study, decoded) != own:
+        return None, "the search space cannot express the base arm's configuration"
+    return point, ""
+
+
+def _on_step(value: float, low: float, step: float) -> bool:
+    steps = (value - low) / step
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+
+def is_base_configuration(study: Study, spec: TrialSpec) -> bool:
+    """True when a search or confirm trial trains exactly the base arm's configuration."""
+    return _configuration(study, spec.decoded_overrides()) == _configuration(study, {})
+
+
+def start_point(study: Study) -> dict[str, Any] | None:
+    """The point enqueued as the search's first trial: the base point, unless ``start_from_base`` is off."""
+    assert study.search is not None
+    return base_point(study)[0] if study.search.start_from_base else None
+
+
 def _layer_count(study: Study) -> int:
     """Layers of the study's network (conv blocks for images, hidden layers for regression); 0 if unknown."""
     from mmlo.tasks.registry import benchmark_kind
@@ -256,11 +320,37 @@ def tpe_sampler(study: Study) -> optuna.samplers.TPESampler:
     )
 
 
+def objectives(study: Study, metric: str, mode: str) -> tuple[list[str], list[str]]:
+    """What Optuna optimises: result keys and their directions, the metric first, then the cost if any."""
+    assert study.search is not None
+    if study.search.cost is None:
+        return [metric], [mode]
+    return [metric, study.search.cost], [mode, "min"]
+
+
+def _has_trials(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
+    import optuna
+
+    try:
+        return bool(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:
+        return False
+
+
 def make_searcher(
     study: Study, space: SearchSpace, storage: optuna.storages.BaseStorage, metric: str, mode: str
 ) -> OptunaSearch:
-    """An OptunaSearch over ``space`` that tells Optuna which trials stopped before their full budget."""
+    """An OptunaSearch over ``space`` that tells Optuna which trials stopped before their full budget.
+
+    A fresh search (no trial in the journal yet) has the base arm's point enqueued first; a resumed one
+    already holds it. With ``search.cost``, OptunaSearch gets a list of metrics and modes, which makes
+    its study multi-objective (Optuna's TPE then ranks trials by non-domination).
+    """
     from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = objectives(study, metric, mode)
+    point = start_point(study)
+    points = [point] if point is not None and not _has_trials(storage, study.name) else None
 
     class BudgetAwareOptunaSearch(OptunaSearch):
         """Tells trials that stopped short of ``iterations`` as PRUNED, non-finite scores as FAIL."""
@@ -271,21 +361,56 @@ def make_searcher(
             if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 super().on_trial_complete(trial_id, result, error)
                 return
-            value = result.get(self.metric)
             ot_trial = self._ot_trials[trial_id]
+            value = result.get(metrics[0])
             if value is None or not math.isfinite(float(value)):
-                state = optuna.trial.TrialState.FAIL
-                self._ot_study.tell(ot_trial, state=state)
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             elif result.get("iteration", 0) < search_iterations(study):
-                ot_trial.report(float(value), int(result.get("training_iteration", 0)))
+                # A multi-objective study takes no intermediate values: TPE then ranks its pruned trials last.
+                if len(metrics) == 1:
+                    ot_trial.report(float(value), int(result.get("training_iteration", 0)))
                 self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             else:
-                self._ot_study.tell(ot_trial, float(value))
+                values = [result.get(m) for m in metrics]
+                if any(v is None or not math.isfinite(float(v)) for v in values):
+                    self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    told = [float(v) for v in values]
+                    self._ot_study.tell(ot_trial, told if len(told) > 1 else told[0])
             self._completed_trials.add(trial_id)
 
     return BudgetAwareOptunaSearch(
-        space=space, metric=metric, mode=mode, sampler=tpe_sampler(study), study_name=study.name, storage=storage
+        space=space,
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        points_to_evaluate=points,
+        sampler=tpe_sampler(study),
+        study_name=study.name,
+        storage=storage,
     )
+
+
+def grace_period(study: Study) -> int:
+    """Validations before ASHA may first stop a search trial: ``scheduler.grace_period``, by default half a
+    search trial's validations (rounded up)."""
+    if study.scheduler.grace_period is not None:
+        return study.scheduler.grace_period
+    return max(1, math.ceil(reports_per_trial(search_iterations(study), study.budget.val_interval) / 2))
+
+
+def rung_iterations(study: Study) -> list[int]:
+    """The iterations at which ASHA judges search trials (its rungs below the full budget), lowest first.
+
+    Ray's ASHA puts its rungs at grace_period x reduction_factor**k validations up to the last one; a
+    rung at or past the last validation judges a trial that has finished anyway.
+    """
+    if study.scheduler.type != "asha" or study.search is None:
+        return []
+    last = reports_per_trial(search_iterations(study), study.budget.val_interval)
+    first, factor = grace_period(study), study.scheduler.reduction_factor
+    count = int(math.log(last / first) / math.log(factor) + 1) if last >= first else 0
+    reports = sorted({math.ceil(first * factor**k) for k in range(count)})
+    return [min(r * study.budget.val_interval, search_iterations(study)) for r in reports if r < last]
 
 
 def search_scheduler(study: Study) -> TrialScheduler | None:
@@ -321,19 +446,23 @@ def search_scheduler(study: Study) -> TrialScheduler | None:
     return SearchOnlyASHA(
         time_attr="training_iteration",
         max_t=reports_per_trial(search_iterations(study), study.budget.val_interval),
-        grace_period=study.scheduler.grace_period,
+        grace_period=grace_period(study),
         reduction_factor=study.scheduler.reduction_factor,
     )
 
 
 def reconcile_journal(
-    storage: optuna.storages.BaseStorage, study_name: str, finished: dict[int, dict[str, Any]]
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    finished: dict[int, dict[str, Any]],
+    costs: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """After a crash, close the Optuna trials the driver left RUNNING; return the params of those to re-run.
 
-    ``finished`` maps Optuna trial numbers to the recorded outcome (``state``, ``val_metric``) of search
-    trials the run directory knows finished; such a trial is told that outcome. Any other RUNNING trial was
-    interrupted: it is told FAIL and its params are returned, to be enqueued so the same point runs again.
+    ``finished`` maps Optuna trial numbers to the recorded outcome (``state``, ``val_metric`` and the
+    ``costs`` columns of a cost-aware search) of search trials the run directory knows finished; such a
+    trial is told that outcome. Any other RUNNING trial was interrupted: it is told FAIL and its params are
+    returned, to be enqueued so the same point runs again.
     """
     import optuna
 
@@ -347,8 +476,9 @@ def reconcile_journal(
         if record is None:
             ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             rerun.append(dict(trial.params))
-        elif record["state"] == "completed" and record.get("val_metric") is not None:
-            ot_study.tell(trial.number, float(record["val_metric"]))
+        elif record["state"] == "completed" and all(record.get(k) is not None for k in ("val_metric", *costs)):
+            values = [float(record[k]) for k in ("val_metric", *costs)]
+            ot_study.tell(trial.number, values if costs else values[0])
         elif record["state"] == "stopped_early":
             ot_study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
         else:

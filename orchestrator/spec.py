@@ -170,6 +170,26 @@ class Search(BaseModel):
     max_concurrent: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Concurrent search trials (default: resources.max_concurrent)."
     )
+    start_from_base: bool = Field(
+        True,
+        description=(
+            "Run the base arm's own configuration as the first search trial (Optuna's enqueue_trial), so the "
+            "search starts from what is known and its best trial can only match or beat the base at the "
+            "search budget. Skipped, with a note, when a base value lies outside the space."
+        ),
+    )
+    cost: Literal["seconds_per_iteration", "params_total"] | None = Field(
+        None,
+        description=(
+            "Cost-aware search: Optuna's multi-objective TPE optimises the metric (accuracy up, MSE down) and "
+            "minimises this cost "
+            "(seconds_per_iteration: mean time of one outer step, noisy on a shared machine; params_total: "
+            "trainable parameters, exact), and the report draws the Pareto front of the full-budget trials. "
+            "Early stopping judges the metric alone, so a cheap, less accurate configuration may be stopped "
+            "before it reaches the front: use scheduler type none for the complete front. Confirm still "
+            "re-runs the trials with the best metric. Default: none (the metric alone)."
+        ),
+    )
     space: dict[str, SearchParam] = Field(
         ...,
         description=(
@@ -208,10 +228,23 @@ class Scheduler(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: Literal["asha", "none"] = Field("asha", description="asha | none.")
-    grace_period: Annotated[int, Field(ge=1)] = Field(
-        1, description="ASHA: validations a trial runs before it can be stopped."
+    grace_period: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description=(
+            "ASHA: validations a search trial runs before it can first be stopped (its first rung). "
+            "Default: half of a search trial's validations, rounded up, so that no trial is judged before "
+            "it has trained half its budget: early curves at small budgets rank configurations poorly."
+        ),
     )
-    reduction_factor: Annotated[float, Field(gt=1)] = Field(2.0, description="ASHA: halving rate.")
+    reduction_factor: Annotated[float, Field(gt=1)] = Field(
+        2.0,
+        description=(
+            "ASHA: at each rung (grace_period, then grace_period x reduction_factor, ... validations, below "
+            "the full budget) a trial continues only if its metric is in the best 1/reduction_factor of the "
+            "trials that reached that rung before it; the first trial to reach a rung always continues. With "
+            "the default grace period and 2 there is one rung, at half the budget, which keeps the better half."
+        ),
+    )
 
 
 class Confirm(BaseModel):
@@ -219,7 +252,14 @@ class Confirm(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    top_k: Annotated[int, Field(ge=1)] = Field(1, description="How many of the best search trials to re-run.")
+    top_k: Annotated[int, Field(ge=1)] = Field(
+        1,
+        description=(
+            "How many of the best full-budget search trials to re-run with every seed at budget.iterations. "
+            "A trial whose configuration is the base arm's own is passed over when the ablation phase runs "
+            "that arm: its re-run would repeat the base arm's trials exactly."
+        ),
+    )
 
 
 class Resources(BaseModel):
@@ -365,6 +405,15 @@ class Study(BaseModel):
                 raise ValueError(f"phases: '{phase}' needs a 'search' block")
         if not self.resolved_phases:
             raise ValueError("the study has nothing to run: add 'arms' or a 'search' block")
+        if self.search is not None and self.scheduler.type == "asha" and self.scheduler.grace_period is not None:
+            iterations = self.search.iterations or self.budget.iterations
+            validations = math.ceil(iterations / self.budget.val_interval)
+            if self.scheduler.grace_period > validations:
+                raise ValueError(
+                    f"scheduler.grace_period: {self.scheduler.grace_period} validations, but a search trial "
+                    f"validates {validations} times ({iterations} iterations, every {self.budget.val_interval}); "
+                    "lower it or leave it unset (half the validations)"
+                )
         if self.budget.val_interval > self.budget.iterations:
             raise ValueError(
                 f"budget.val_interval ({self.budget.val_interval}) exceeds budget.iterations "

@@ -91,11 +91,31 @@ def summarize(study: Study, file: Path | str) -> str:
             detail += f" lr={train.lr:g}"
             lines.append(f"    {arm.name:<{width}}  {detail}")
     if study.search is not None:
+        from mmlo.orchestrator.plan import search_base, search_iterations
+        from mmlo.orchestrator.search import base_point, rung_iterations
+
         s = study.search
+        objective = f"multi-objective TPE (metric, {s.cost})" if s.cost else "TPE"
         lines.append(
-            f"  search     {s.trials} Optuna TPE trials (sampler seed {s.sampler_seed}), "
-            f"scheduler {study.scheduler.type}, from arm {s.base or (study.arms[0].name if study.arms else '-')}"
+            f"  search     {s.trials} Optuna {objective} trials of {search_iterations(study)} iterations "
+            f"(sampler seed {s.sampler_seed}), from arm {search_base(study) or '-'}"
         )
+        if s.start_from_base:
+            point, why_not = base_point(study)
+            lines.append(
+                "    first trial: the base arm's own configuration"
+                if point is not None
+                else f"    first trial: sampled ({why_not})"
+            )
+        rungs = rung_iterations(study)
+        if study.scheduler.type == "asha":
+            judged = ", ".join(str(r) for r in rungs) or "none below the full budget"
+            lines.append(
+                f"    scheduler asha: judged at iteration {judged}, the best 1/{study.scheduler.reduction_factor:g} "
+                "continue"
+            )
+        else:
+            lines.append("    scheduler none: every search trial runs its full budget")
         lines.extend(f"    {_describe_param(n, p)}" for n, p in s.space.items())
     if study.confirm is not None:
         lines.append(f"  confirm    top {study.confirm.top_k} x {len(study.seeds)} seeds")

@@ -383,8 +383,10 @@ def _train(
             # validated, only the test episodes ran again; Tune still needs the trial's final metric.
             held.append(({"iteration": result.iterations_done, "elapsed_s": record["wall_seconds"],
                           "val_metric": result.final_val_metric}, None))
+        # The final report carries the costs a cost-aware search (search.cost) tells Optuna beside the metric.
+        costs = {"seconds_per_iteration": result.seconds_per_iteration, "params_total": float(record["params_total"])}
         for metrics, checkpoint in held:
-            _report(tune, {**metrics, "test_metric": result.test_metric}, checkpoint)
+            _report(tune, {**metrics, "test_metric": result.test_metric, **costs}, checkpoint)
 
 
 def _report(tune: Any, metrics: dict[str, float], checkpoint: Path | None) -> None:

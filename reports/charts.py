@@ -305,8 +305,9 @@ def metric_vs_parameters(costs: pl.DataFrame, style: Style) -> alt.TopLevelMixin
     return _finish(chart, f"Test {style.metric_label} (all modes) against model size")
 
 
-def history_chart(history: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
-    """Optimisation history: each search trial's validation metric, and the best full-budget trial so far."""
+def history_chart(history: pl.DataFrame, style: Style, base_trials: Sequence[str] = ()) -> alt.TopLevelMixin:
+    """Optimisation history: each search trial's validation metric, and the best full-budget trial so far;
+    ``base_trials`` (the base arm's own configuration) are labelled."""
     data = style.scaled(history.filter(pl.col("state") != "failed"), ["val_metric", "best_so_far"]).with_columns(
         budget=pl.format("{}/{}", pl.col("iterations_done"), pl.col("budget_iterations"))
     )
@@ -344,8 +345,86 @@ def history_chart(history: pl.DataFrame, style: Style) -> alt.TopLevelMixin:
         .mark_line(interpolate="step-after", color="#333", strokeDash=[5, 3])
         .encode(x="number:Q", y="best_so_far:Q")
     )
-    chart = alt.layer(best, points).properties(width=FULL_WIDTH, height=260)
+    layers = [best, points]
+    marked = data.filter(pl.col("trial_id").is_in(list(base_trials)) & pl.col("val_metric").is_not_null())
+    if marked.height:
+        layers.append(
+            alt.Chart(marked.with_columns(label=pl.lit("base arm's configuration")))
+            .mark_text(align="left", dx=8, dy=12, fontSize=11, color="#333")
+            .encode(x="number:Q", y="val_metric:Q", text="label:N")
+        )
+    chart = alt.layer(*layers).properties(width=FULL_WIDTH, height=260)
     return _finish(chart, "Optimisation history (dashed: best full-budget trial so far)")
+
+
+#: A cost-aware search's cost (trials.parquet column) in words, as prose and the report's headings say it.
+COST_WORDS = {"seconds_per_iteration": "seconds per iteration", "params_total": "parameters"}
+#: How the cost reads on an axis: title and number format.
+COST_AXES = {
+    "seconds_per_iteration": ("seconds per meta-training iteration (lower is cheaper)", ".3~g"),
+    "params_total": ("parameters (total, lower is smaller)", "~s"),
+}
+
+
+def pareto_chart(front: pl.DataFrame, cost: str, style: Style) -> alt.TopLevelMixin:
+    """The metric against the cost of every search trial, the Pareto front of the full-budget ones joined."""
+    data = style.scaled(front, ["val_metric"]).with_columns(
+        kind=pl.when(pl.col("on_front"))
+        .then(pl.lit("on the front"))
+        .when(pl.col("state") == "completed")
+        .then(pl.lit("full budget, dominated"))
+        .otherwise(pl.lit("stopped early"))
+    )
+    kinds = ["on the front", "full budget, dominated", "stopped early"]
+    title, number_format = COST_AXES.get(cost, (cost, ".3~g"))
+    costs = [c for c in data["cost"].to_list() if c and c > 0]
+    log = bool(costs) and max(costs) / min(costs) > 10
+    x = alt.X(
+        "cost:Q",
+        title=title + (", log scale" if log else ""),
+        scale=alt.Scale(type="log") if log else alt.Scale(zero=False, padding=30),
+        axis=alt.Axis(format=number_format),
+    )
+    y = alt.Y("val_metric:Q", title=f"validation {style.metric_title}", scale=alt.Scale(zero=False, padding=20))
+    points = (
+        alt.Chart(data)
+        .mark_point(size=80, filled=True)
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color(
+                "kind:N",
+                sort=kinds,
+                scale=alt.Scale(domain=kinds, range=["#e15759", "#4e79a7", "#bab0ac"]),
+                title=None,
+            ),
+            shape=alt.Shape(
+                "kind:N",
+                sort=kinds,
+                scale=alt.Scale(domain=kinds, range=["diamond", "circle", "triangle-down"]),
+                title=None,
+            ),
+            tooltip=[
+                alt.Tooltip("trial_id:N", title="trial"),
+                alt.Tooltip("state:N"),
+                alt.Tooltip("cost:Q", title=cost, format=number_format),
+                alt.Tooltip("val_metric:Q", format=".4g"),
+            ],
+        )
+    )
+    line = (
+        alt.Chart(data.filter(pl.col("on_front")))
+        # Between two front trials, the best metric that cost buys is the cheaper trial's: a step after it.
+        .mark_line(color="#e15759", interpolate="step-after")
+        .encode(x=x, y=y, order="cost:Q")
+    )
+    labels = (
+        alt.Chart(data.filter(pl.col("on_front")))
+        .mark_text(align="left", dx=8, dy=-8, fontSize=11, color="#333")
+        .encode(x=x, y=y, text="trial_id:N")
+    )
+    chart = alt.layer(line, points, labels).properties(width=FULL_WIDTH, height=280)
+    return _finish(chart, f"Pareto front of the search: validation {style.metric_label} against cost")
 
 
 def importance_chart(importance: pl.DataFrame) -> alt.TopLevelMixin:

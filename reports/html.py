@@ -87,6 +87,9 @@ code { background: #f4f5f7; padding: 1px 4px; border-radius: 3px; font-size: 13p
 .chart-error, #mmlo-js-errors { color: #b3261e; background: #fdeceb; padding: 8px; white-space: pre-wrap; }
 .tag { display: inline-block; font-size: 12px; padding: 0 6px; border-radius: 8px; background: #fde7cf; }
 .tag.failed { background: #fdeceb; }
+.tag.tuned { background: #dbe8f6; }
+.sub.wrap { white-space: normal; max-width: 240px; }
+p.finding { background: #f4f7fb; border-left: 4px solid #2a5d9f; padding: 8px 12px; margin: 8px 0 14px; }
 """
 
 
@@ -314,6 +317,12 @@ def _ablation_html(table: pl.DataFrame, run: RunData, numbers: _Numbers) -> str:
     body = []
     for arm in [a for a in run.arms if any((a, m) in cells for m in columns)]:
         label = _e(arm) + (' <span class="tag">baseline</span>' if arm == run.baseline else "")
+        if arm in run.tuned:
+            values = _tuned_values(run, arm)
+            label = (
+                f'{_e(arm)}<span class="sub wrap"><span class="tag tuned">search, confirmed</span> '
+                f"{_e(values)}</span>"
+            )
         row = [f'<td class="name">{label}</td>']
         for mode in columns:
             r = cells.get((arm, mode))
@@ -324,20 +333,33 @@ def _ablation_html(table: pl.DataFrame, run: RunData, numbers: _Numbers) -> str:
             seeds = numbers.interval(r["seed_mean"], r["seed_ci95"])
             lines.append(f'<span class="sub">seeds (k={r["n_seeds"]}): {seeds}</span>')
             if r["diff"] is not None:
-                lines.append(_diff_html(r, run.higher_is_better, numbers))
+                lines.append(_diff_html(r, run.higher_is_better, numbers, run.baseline))
             css = "best" if r["best"] else ""
             row.append(f'<td class="{css}">{"".join(lines)}</td>')
         body.append("<tr>" + "".join(row) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _diff_html(row: Mapping[str, Any], higher_is_better: bool, numbers: _Numbers) -> str:
+def _diff_html(row: Mapping[str, Any], higher_is_better: bool, numbers: _Numbers, baseline: str | None) -> str:
     diff, half = row["diff"], row["diff_ci95"]
-    text = f"Δ {numbers.interval(diff, half, signed=True)}"
+    # Only a confirmed search configuration has another reference: the arm right above it, which it is tuned from.
+    against = "" if row.get("reference") in (None, baseline) else " vs base"
+    text = f"Δ{against} {numbers.interval(diff, half, signed=True)}"
     css = ""
     if half is not None and math.isfinite(half) and abs(diff) > half:
         css = "better" if (diff > 0) == higher_is_better else "worse"
-    return f'<span class="sub {css}" title="paired over {row["n_paired"]} shared episodes">{text}</span>'
+    title = f"{row.get('reference') or 'the baseline'}, paired over {row['n_paired']} shared episodes"
+    return f'<span class="sub {css}" title="{_e(title)}">{_e(text)}</span>'
+
+
+def _tuned_values(run: RunData, arm: str) -> str:
+    """The searched values a confirmed configuration trains with, e.g. 'inner_lr 0.213 · modulation sigmoid'."""
+    space = (run.spec.get("search") or {}).get("space") or {}
+    rows = tables.sampled_parameters(run.trials, space).filter(pl.col("trial_id") == run.tuned[arm])
+    if rows.height == 0:
+        return ""
+    sampled = rows.row(0, named=True)
+    return " · ".join(f"{p} {_param_value(sampled[p])}" for p in run.search_params() if sampled.get(p) is not None)
 
 
 def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section], pl.DataFrame | None]:
@@ -349,7 +371,9 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
         "Ablation table",
         f"Each cell: test {unit} ({direction}), mean ± 95 % CI over the shared test episodes (seed-averaged); "
         f"below it mean ± t-interval over the training seeds, and Δ, the paired difference to the baseline "
-        f"arm with its 95 % CI (green: better beyond the CI, red: worse). Shaded: best in its column.",
+        f"arm with its 95 % CI (green: better beyond the CI, red: worse). Shaded: best in its column. "
+        f"A search configuration confirmed with every seed at the full budget sits right below the arm the "
+        f"search started from, and its Δ is paired against that arm.",
     )
     bars_section = Section(
         "modes",
@@ -363,7 +387,12 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
         )
         return [table_section], None
     table = tables.ablation_table(
-        episodes, arms=run.arms, modes=run.modes, baseline=run.baseline, higher_is_better=run.higher_is_better
+        episodes,
+        arms=run.arms,
+        modes=run.modes,
+        baseline=run.baseline,
+        higher_is_better=run.higher_is_better,
+        references=run.references,
     )
     numbers = _Numbers(run.metric_name, table["mean"].to_list())
     table_section.blocks.append(_ablation_html(table, run, numbers))
@@ -448,7 +477,7 @@ def _cost_section(run: RunData, style: charts.Style, table: pl.DataFrame | None)
     return section
 
 
-def _search_section(run: RunData, style: charts.Style) -> Section | None:
+def _search_section(run: RunData, style: charts.Style, table: pl.DataFrame | None) -> Section | None:
     search = tables.search_trials(run.trials)
     if search.height == 0:
         return None
@@ -457,13 +486,44 @@ def _search_section(run: RunData, style: charts.Style) -> Section | None:
     section = Section(
         "search",
         "Optuna search",
-        "Each point is one search trial's final validation metric; only trials that ran their full budget "
-        "compete for the best (trials stopped early by ASHA are shown but never ranked against them; "
-        "failed trials are listed under Failures); below: which parameters mattered, every trial's path "
-        "through the space, and the best configurations.",
+        "What the search found, then each search trial's final validation metric: only trials that ran their "
+        "full budget compete for the best (trials stopped early by ASHA are shown but never ranked against "
+        "them; failed trials are listed under Failures); below: which parameters mattered, every trial's "
+        "path through the space, and the best configurations.",
     )
+    record = run.search_record
+    outcome = tables.search_outcome(
+        run.trials,
+        table,
+        space=space,
+        base_arm=run.search_base,
+        start_point=record.get("start_point"),
+        tuned=run.tuned,
+        higher_is_better=run.higher_is_better,
+    )
+    section.blocks.append(_outcome_html(run, outcome, record))
+    rungs = tables.rung_counts(run.trials, (record.get("scheduler") or {}).get("rung_iterations") or [])
+    if rungs.height:
+        section.blocks.append(_rungs_html(run, rungs, record))
     history = tables.optimisation_history(run.trials, higher_is_better=run.higher_is_better)
-    section.blocks.append(("search-history", charts.history_chart(history, style)))
+    base_ids = tables.base_trials(run.trials, space, record.get("start_point") or {})
+    section.blocks.append(("search-history", charts.history_chart(history, style, base_ids)))
+    cost = record.get("cost") or (run.spec.get("search") or {}).get("cost")
+    if cost and cost in run.trials.columns:
+        front = tables.pareto_front(run.trials, cost, higher_is_better=run.higher_is_better)
+        on_front = front.filter(pl.col("on_front"))["trial_id"].to_list()
+        words = charts.COST_WORDS.get(cost, cost)
+        section.blocks.append(
+            f"<h3>Pareto front: validation {_e(style.metric_label)} against {_e(words)}</h3>"
+            f'<p class="caption">The search optimised two objectives (validation {_e(style.metric_label)} and '
+            f"<code>{_e(cost)}</code>) with Optuna's "
+            "multi-objective TPE. Red diamonds: full-budget trials no other full-budget trial beats on both "
+            "(the front, joined by the staircase of what each cost buys); blue: dominated; grey: stopped "
+            "early, from a shorter budget, never on the front. "
+            f"On the front: {_e(', '.join(on_front) or 'no trial')}.</p>"
+        )
+        if front.height:
+            section.blocks.append(("search-pareto", charts.pareto_chart(front, cost, style)))
     importance, iteration = tables.search_importance(run.trials, run.progress, space)
     usable = importance.filter(pl.col("n_trials") >= 3)
     when = (
@@ -507,6 +567,7 @@ def _search_section(run: RunData, style: charts.Style) -> Section | None:
     }
     formats: dict[str, Any] = {
         "rank": lambda v: "–" if v is None else str(v),
+        "trial_id": lambda v: _e(v) + (' <span class="tag">base arm\'s configuration</span>' if v in base_ids else ""),
         "val_metric": numbers,
         **{p: _param_value for p in params},
     }
@@ -518,6 +579,109 @@ def _search_section(run: RunData, style: charts.Style) -> Section | None:
     formats["state"] = lambda v: f'<span class="tag">{_e(v)}</span>' if str(v).startswith("stopped") else _e(v)
     section.blocks.append(_html_table(shown, headers, formats))
     return section
+
+
+def _outcome_html(run: RunData, outcome: tables.SearchOutcome, record: Mapping[str, Any]) -> str:
+    """What the search found, in words: the verdict, the confirmed configurations against the base arm on the
+    test episodes (the evidence), then the search itself against the base arm's own configuration."""
+    numbers = _Numbers(run.metric_name, [outcome.base_value, outcome.best_value, *outcome.confirmed["mean"]])
+    percent = run.metric_name == "accuracy"
+
+    def score(value: float | None) -> str:
+        return f"{numbers(value)} %" if percent else numbers(value)
+
+    budget = (run.spec.get("budget") or {}).get("iterations")
+    search_budget = (run.spec.get("search") or {}).get("iterations") or budget
+    base = outcome.base_arm or "the study's defaults"
+    own = "the base arm's own configuration" if outcome.base_arm else "the study's default configuration"
+    base_won = outcome.base_trial is not None and outcome.base_trial == outcome.best_trial
+    parts: list[str] = []
+    confirmed = outcome.confirmed.to_dicts()
+    for i, row in enumerate(confirmed):
+        if i == 0:
+            lead = {
+                "better": f"The search beat its base arm, {base}.",
+                "tie": f"The search did not beat its base arm, {base}, detectably.",
+                "worse": f"The search did not beat its base arm, {base}.",
+            }.get(row["verdict"] or "", "The search's best configuration was re-run.")
+            parts.append(f"<strong>{_e(lead)}</strong>")
+        which = "Its best configuration" if i == 0 else "Its next configuration"
+        if i == 0 and base_won:
+            which = f"Its best configuration other than {own}"
+        values = _tuned_values(run, row["arm"])
+        seeds = f"{row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}"
+        delta = numbers.interval(row["diff"], row["diff_ci95"], signed=True) + (" points" if percent else "")
+        includes_zero = ", an interval that includes 0" if row["verdict"] == "tie" else ""
+        parts.append(
+            _e(
+                f"{which}, {row['trial_id']}{f' ({values})' if values else ''}, re-run with {seeds} at the full "
+                f"{budget} iterations, scores {score(row['mean'])} test {run.metric_name} against "
+                f"{score(row['reference_mean'])} for {base}: Δ {delta}{includes_zero}, paired over "
+                f"{row['n_paired']} test episodes."
+            )
+        )
+    head = (
+        f"At the search budget ({search_budget} iterations, one seed, scored on the validation episodes), "
+        f"{outcome.n_full} of the {outcome.n_trials} search trials ran in full"
+    )
+    if outcome.best_trial is None:
+        context = head + "; none can be ranked."
+    elif base_won:
+        context = f"{head}; the best of them was {own} ({outcome.base_trial}, {score(outcome.base_value)})."
+    elif outcome.base_trial is not None and outcome.base_state == "completed":
+        context = (
+            f"{head}; the best, {outcome.best_trial}, scored {score(outcome.best_value)} against "
+            f"{score(outcome.base_value)} for {own} ({outcome.base_trial})."
+        )
+    elif outcome.base_trial is not None:
+        state = str(outcome.base_state).replace("_", " ")
+        context = (
+            f"{head}; the best, {outcome.best_trial}, scored {score(outcome.best_value)}; {own} "
+            f"({outcome.base_trial}) was {state}."
+        )
+    else:
+        why = record.get("start_note") or "this run did not record it"
+        context = (
+            f"{head}; the best, {outcome.best_trial}, scored {score(outcome.best_value)}. "
+            f"{own[0].upper() + own[1:]} was not among the trials ({why})."
+        )
+    parts.append(_e(context))
+    if not confirmed and ("confirm" in (run.spec.get("phases") or []) or run.spec.get("confirm")):
+        parts.append(
+            _e(
+                "No configuration was confirmed: no search trial other than the base arm's own configuration "
+                "completed its budget."
+            )
+        )
+    elif not confirmed:
+        parts.append(
+            "No confirm phase ran, so these are validation scores of one seed at the search budget: add a "
+            "<code>confirm</code> block to re-run the best configuration with every seed at the full budget "
+            "and compare it with the base arm on the test episodes."
+        )
+    return '<p class="finding">' + " ".join(parts) + "</p>"
+
+
+def _rungs_html(run: RunData, rungs: pl.DataFrame, record: Mapping[str, Any]) -> str:
+    """How many trials each ASHA rung judged and kept, in one sentence."""
+    scheduler = record.get("scheduler") or {}
+    budget = (run.spec.get("search") or {}).get("iterations") or (run.spec.get("budget") or {}).get("iterations")
+    factor = scheduler.get("reduction_factor")
+    parts = []
+    for r in rungs.iter_rows(named=True):
+        failed = r["reached"] - r["kept"] - r["stopped"]
+        parts.append(
+            f"at iteration {r['iteration']} it kept {r['kept']} of the {r['reached']} trials that reached it"
+            + (f" ({failed} failed there)" if failed else "")
+        )
+    share = "better half" if factor == 2 else f"best 1/{factor:g}"
+    rule = (
+        f"a trial goes on only when it is in the {share} of the trials judged at that rung before it"
+        if factor
+        else "a trial goes on only when it is among the best judged there"
+    )
+    text = f"Early stopping (ASHA, search budget {budget} iterations; {rule}): " + "; ".join(parts) + "."
+    return f'<p class="caption">{_e(text)}</p>'
 
 
 def _transference_section(run: RunData, style: charts.Style) -> Section | None:
@@ -632,7 +796,7 @@ def build_sections(run: RunData) -> list[Section]:
     sections, table = _ablation_sections(run, style)
     sections.append(_curves_section(run, style))
     sections.append(_cost_section(run, style, table))
-    sections += [s for s in (_search_section(run, style), _transference_section(run, style)) if s is not None]
+    sections += [s for s in (_search_section(run, style, table), _transference_section(run, style)) if s is not None]
     sections.append(_failures_section(run))
     return sections
 

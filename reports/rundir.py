@@ -3,14 +3,16 @@
 The report's only input is what the orchestrator wrote into ``<output>/<study name>/`` (see the Parquet
 contract in README.md). Everything the report needs to order and label its tables and charts (the arms in
 the YAML's order, the modes in the benchmark's order, the baseline arm, the metric and its direction) is
-resolved here once, so every section agrees.
+resolved here once, so every section agrees. A confirm arm (in the Parquet tables, the id of the search trial
+it re-runs) is named here after the arm the search started from, ``MMAML (FiLM), tuned (search-011)``, and
+sits right below that arm.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,11 @@ from mmlo.reports.errors import ReportError
 
 #: Phases whose trials are rows of the ablation table (confirm re-runs the best search configurations).
 TABLE_PHASES = ("ablation", "confirm")
+
+
+def tuned_label(base_arm: str | None, search_trial: str) -> str:
+    """The report's name of a confirm arm: the arm the search started from, tuned by one search trial."""
+    return f"{base_arm}, tuned ({search_trial})" if base_arm else f"tuned ({search_trial})"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,25 @@ class RunData:
     modes: tuple[str, ...]
     arms: tuple[str, ...]
     baseline: str | None
+    #: Confirm arms by their report name (see :func:`tuned_label`) -> the search trial they re-run.
+    tuned: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def search_record(self) -> dict[str, Any]:
+        """How the search sampled and judged (provenance ``seeds.search``; empty for older runs)."""
+        return _search_record(self.provenance)
+
+    @property
+    def search_base(self) -> str | None:
+        """The arm the search started from: recorded in provenance, else the spec's explicit ``search.base``."""
+        return _search_base(self.spec, self.provenance)
+
+    @property
+    def references(self) -> dict[str, str]:
+        """Arms whose paired difference is taken against another arm than the baseline: each confirmed
+        search configuration against the arm the search started from."""
+        base = self.search_base
+        return {label: base for label in self.tuned} if base in self.arms else {}
 
     @property
     def run_dir(self) -> str:
@@ -65,6 +91,17 @@ class RunData:
         """Names of the searched parameters, in the order the study declares them."""
         search = self.spec.get("search") or {}
         return [name for name in (search.get("space") or {}) if f"cfg_{name}" in self.trials.columns]
+
+
+def _search_record(provenance: dict[str, Any]) -> dict[str, Any]:
+    seeds = provenance.get("seeds")
+    record = seeds.get("search") if isinstance(seeds, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def _search_base(spec: dict[str, Any], provenance: dict[str, Any]) -> str | None:
+    base = _search_record(provenance).get("base_arm") or (spec.get("search") or {}).get("base")
+    return str(base) if base else None
 
 
 def _read_table(store: RunStore, name: str) -> pl.DataFrame | None:
@@ -145,8 +182,14 @@ def load_run(run_dir: RunStore | Path | str) -> RunData:
     transference = transference if transference is not None and transference.height else None
 
     spec_arms = [str(arm["name"]) for arm in spec.get("arms") or [] if isinstance(arm, dict) and "name" in arm]
+    search_base = _search_base(spec, provenance)
+    tuned = {
+        tuned_label(search_base, trial): trial
+        for trial in trials.filter(pl.col("phase") == "confirm")["arm"].cast(pl.String).unique(maintain_order=True)
+    }
+    trials, progress, episodes = (_relabel(frame, tuned) for frame in (trials, progress, episodes))
     table_trials = trials.filter(pl.col("phase").is_in(TABLE_PHASES))
-    arms = _ordered(spec_arms, table_trials["arm"].cast(pl.String).to_list())
+    arms = _beside_base(_ordered(spec_arms, table_trials["arm"].cast(pl.String).to_list()), tuned, search_base)
     baseline = spec.get("baseline") or (spec_arms[0] if spec_arms else None)
     if baseline not in arms:
         baseline = arms[0] if arms else None
@@ -162,4 +205,25 @@ def load_run(run_dir: RunStore | Path | str) -> RunData:
         modes=_modes(spec, provenance, episodes, progress),
         arms=arms,
         baseline=baseline,
+        tuned=tuned,
     )
+
+
+def _relabel(frame: pl.DataFrame | None, tuned: dict[str, str]) -> pl.DataFrame | None:
+    """``frame`` with each confirm row's arm (a search trial id) replaced by its report name."""
+    if frame is None or not tuned:
+        return frame
+    names = {trial: label for label, trial in tuned.items()}
+    confirm = pl.col("phase") == "confirm"
+    return frame.with_columns(
+        arm=pl.when(confirm).then(pl.col("arm").replace(names)).otherwise(pl.col("arm")).cast(pl.String)
+    )
+
+
+def _beside_base(arms: tuple[str, ...], tuned: dict[str, str], base: str | None) -> tuple[str, ...]:
+    """``arms`` with the confirmed search configurations moved right below the arm the search started from."""
+    if base not in arms:
+        return arms
+    rest = [a for a in arms if a not in tuned]
+    at = rest.index(base) + 1
+    return (*rest[:at], *[a for a in arms if a in tuned], *rest[at:])

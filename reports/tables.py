@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import polars as pl
 from mmlo.reports.importance import parameter_importance
@@ -126,13 +126,15 @@ def ablation_table(
     modes: Sequence[str],
     baseline: str | None,
     higher_is_better: bool,
+    references: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
     """The ablation table in long form: one row per arm x (mode | OVERALL).
 
     Columns: arm, mode, n_episodes, n_seeds, mean, ci95 (1.96·s/√n over seed-averaged episodes),
     seed_mean, seed_ci95 (t-interval over the k seed means; null when k < 2), diff and diff_ci95 (the
-    paired difference arm - baseline over the episodes both share, 1.96·s_d/√n; null for the baseline
-    itself), n_paired, best (the best mean of its mode column: max for accuracy, min for mse).
+    paired difference arm - reference over the episodes both share, 1.96·s_d/√n; null for the baseline
+    itself), n_paired, reference (the baseline, or the arm ``references`` names for this arm), best (the
+    best mean of its mode column: max for accuracy, min for mse).
     """
     per_episode = episode_values(episodes)
     stacked = _with_overall(per_episode, ["arm"])
@@ -156,36 +158,58 @@ def ablation_table(
         ),
     )
     table = by_episode.join(by_seed, on=["arm", "mode"], how="left")
-    table = table.join(paired_differences(episodes, baseline), on=["arm", "mode"], how="left")
+    table = table.join(paired_differences(episodes, baseline, references), on=["arm", "mode"], how="left")
     best = pl.col("mean").max() if higher_is_better else pl.col("mean").min()
     table = table.with_columns(best=(pl.col("mean") == best.over("mode")).fill_null(False))
     return _sorted(table, arms, modes)
 
 
-def paired_differences(episodes: pl.DataFrame, baseline: str | None) -> pl.DataFrame:
-    """Per arm and mode (and OVERALL): mean of arm - baseline over shared episodes, with 1.96·s_d/√n.
+def paired_differences(
+    episodes: pl.DataFrame, baseline: str | None, references: Mapping[str, str] | None = None
+) -> pl.DataFrame:
+    """Per arm and mode (and OVERALL): mean of arm - reference over shared episodes, with 1.96·s_d/√n.
 
-    Episodes are matched on (mode, episode, episode_seed) after averaging each arm over its seeds, so the
-    difference is paired: the episode-to-episode difficulty cancels. The baseline's own rows are null.
+    The reference is the baseline, except for the arms ``references`` maps to another arm (a confirmed
+    search configuration against the arm the search started from). Episodes are matched on (mode, episode,
+    episode_seed) after averaging each arm over its seeds, so the difference is paired: the episode-to-
+    episode difficulty cancels. The baseline's own rows, and arms whose reference is absent, are null.
     """
-    schema = {"arm": pl.String, "mode": pl.String, "n_paired": pl.Int64, "diff": pl.Float64, "diff_ci95": pl.Float64}
+    schema = {
+        "arm": pl.String,
+        "mode": pl.String,
+        "n_paired": pl.Int64,
+        "diff": pl.Float64,
+        "diff_ci95": pl.Float64,
+        "reference": pl.String,
+    }
     per_episode = episode_values(episodes)
-    if baseline is None or baseline not in per_episode["arm"].to_list():
+    present = per_episode["arm"].unique(maintain_order=True).to_list()
+    paired_with: dict[str, list[str]] = {}
+    for arm in present:
+        reference = (references or {}).get(arm, baseline)
+        if reference is not None and reference != arm and reference in present:
+            paired_with.setdefault(reference, []).append(arm)
+    frames = []
+    for reference, compared in paired_with.items():
+        base = per_episode.filter(pl.col("arm") == reference).select(*EPISODE_KEYS, base=pl.col("value"))
+        pairs = (
+            per_episode.filter(pl.col("arm").is_in(compared))
+            .join(base, on=list(EPISODE_KEYS), how="inner")
+            .select("arm", "mode", value=pl.col("value") - pl.col("base"))
+        )
+        frames.append(
+            _with_overall(pairs, ["arm"]).select(
+                pl.col("arm").cast(pl.String),
+                pl.col("mode").cast(pl.String),
+                n_paired=pl.col("value").list.len().cast(pl.Int64),
+                diff=pl.col("value").list.mean(),
+                diff_ci95=_interval(pl.col("value"), Z95),
+                reference=pl.lit(reference, pl.String),
+            )
+        )
+    if not frames:
         return pl.DataFrame(schema=schema)
-    base = per_episode.filter(pl.col("arm") == baseline).select(*EPISODE_KEYS, base=pl.col("value"))
-    pairs = (
-        per_episode.filter(pl.col("arm") != baseline)
-        .join(base, on=list(EPISODE_KEYS), how="inner")
-        .select("arm", "mode", value=pl.col("value") - pl.col("base"))
-    )
-    stacked = _with_overall(pairs, ["arm"])
-    return stacked.select(
-        pl.col("arm").cast(pl.String),
-        pl.col("mode").cast(pl.String),
-        n_paired=pl.col("value").list.len().cast(pl.Int64),
-        diff=pl.col("value").list.mean(),
-        diff_ci95=_interval(pl.col("value"), Z95),
-    ).cast(schema)  # type: ignore[arg-type]
+    return pl.concat(frames).cast(schema)  # type: ignore[arg-type]
 
 
 def adaptation_table(episodes: pl.DataFrame, *, arms: Sequence[str], modes: Sequence[str]) -> pl.DataFrame:
@@ -324,6 +348,155 @@ def best_configurations(
         .select(completed.columns)
     )
     return pl.concat([completed, stopped]).rename({f"cfg_{p}": p for p in params})
+
+
+def _same_value(value: Any, expected: Any) -> bool:
+    if isinstance(value, float) and isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        return math.isclose(value, float(expected), rel_tol=1e-9, abs_tol=1e-12)
+    return value == expected or (value is not None and expected is not None and str(value) == str(expected))
+
+
+def base_trials(trials: pl.DataFrame, space: Mapping[str, Mapping[str, Any]], point: Mapping[str, Any]) -> list[str]:
+    """Ids of the search trials that ran ``point`` (the base arm's own configuration, enqueued first)."""
+    if not point:
+        return []
+    out = []
+    for row in sampled_parameters(trials, space).to_dicts():
+        if all(_same_value(row.get(name), point.get(name)) for name in space if name in row):
+            out.append(str(row["trial_id"]))
+    return out
+
+
+def rung_counts(trials: pl.DataFrame, rung_iterations: Sequence[int]) -> pl.DataFrame:
+    """What each ASHA rung did to the search trials: rung (1, 2, ...), iteration, reached (trials that
+    validated there), kept (trained on past it), stopped (stopped there). A trial that failed right at a rung
+    counts as reached, neither kept nor stopped."""
+    rows = search_trials(trials)
+    done, state = pl.col("iterations_done"), pl.col("state")
+    out = [
+        rows.select(
+            rung=pl.lit(i, pl.Int64),
+            iteration=pl.lit(iteration, pl.Int64),
+            reached=(done >= iteration).sum().cast(pl.Int64),
+            kept=(done > iteration).sum().cast(pl.Int64),
+            stopped=((state == "stopped_early") & (done == iteration)).sum().cast(pl.Int64),
+        )
+        for i, iteration in enumerate(sorted(rung_iterations), start=1)
+    ]
+    schema = {"rung": pl.Int64, "iteration": pl.Int64, "reached": pl.Int64, "kept": pl.Int64, "stopped": pl.Int64}
+    return pl.concat(out).cast(schema) if out else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+
+
+class SearchOutcome(NamedTuple):
+    """What the search found, in numbers the report puts into words.
+
+    ``base_*``: the search trial that ran the base arm's own configuration, at the search budget (validation
+    metric, state). ``best_*``: the best full-budget search trial. ``confirmed``: one row per confirmed
+    configuration (arm = its report name, trial_id = the search trial it re-ran): test ``mean`` and the
+    base arm's ``reference_mean`` over all modes, the paired ``diff`` and ``diff_ci95``, ``n_paired``
+    episodes and ``n_seeds``; ``verdict`` is better | worse (beyond the interval) | tie.
+    """
+
+    base_arm: str | None
+    base_trial: str | None
+    base_state: str | None
+    base_value: float | None
+    best_trial: str | None
+    best_value: float | None
+    n_trials: int
+    n_full: int
+    confirmed: pl.DataFrame
+
+
+def search_outcome(
+    trials: pl.DataFrame,
+    table: pl.DataFrame | None,
+    *,
+    space: Mapping[str, Mapping[str, Any]],
+    base_arm: str | None,
+    start_point: Mapping[str, Any] | None,
+    tuned: Mapping[str, str],
+    higher_is_better: bool,
+) -> SearchOutcome:
+    """The search's result against the arm it started from: at the search budget (the base configuration's
+    own search trial against the best one) and, for confirmed configurations, at the full budget on test
+    episodes paired with the base arm (``table`` from :func:`ablation_table` with its references)."""
+    rows = search_trials(trials)
+    history = optimisation_history(trials, higher_is_better=higher_is_better)
+    full = history.filter(pl.col("state") == "completed")
+    best = full.sort("val_metric", descending=higher_is_better, nulls_last=True).head(1)
+    base_ids = base_trials(trials, space, start_point or {})
+    base = rows.filter(pl.col("trial_id").is_in(base_ids)).head(1)
+    confirmed_schema = {
+        "arm": pl.String,
+        "trial_id": pl.String,
+        "mean": pl.Float64,
+        "reference_mean": pl.Float64,
+        "diff": pl.Float64,
+        "diff_ci95": pl.Float64,
+        "n_paired": pl.Int64,
+        "n_seeds": pl.Int64,
+        "verdict": pl.String,
+    }
+    confirmed = pl.DataFrame(schema=confirmed_schema)
+    if table is not None and tuned:
+        overall = table.filter(pl.col("mode") == OVERALL)
+        reference = overall.filter(pl.col("arm") == base_arm).select(reference_mean=pl.col("mean"))
+        picked = overall.filter(pl.col("arm").is_in(list(tuned))).with_columns(
+            trial_id=pl.col("arm").replace_strict(dict(tuned), return_dtype=pl.String)
+        )
+        if reference.height:
+            picked = picked.join(reference, how="cross")
+        else:
+            picked = picked.with_columns(reference_mean=pl.lit(None, pl.Float64))
+        beyond = pl.col("diff").abs() > pl.col("diff_ci95")
+        better = (pl.col("diff") > 0) if higher_is_better else (pl.col("diff") < 0)
+        verdict = (
+            pl.when(pl.col("diff").is_null())
+            .then(None)
+            .when(beyond & better)
+            .then(pl.lit("better"))
+            .when(beyond)
+            .then(pl.lit("worse"))
+            .otherwise(pl.lit("tie"))
+        )
+        confirmed = picked.with_columns(verdict=verdict).select(list(confirmed_schema))
+        confirmed = confirmed.cast(confirmed_schema)  # type: ignore[arg-type]
+    return SearchOutcome(
+        base_arm=base_arm,
+        base_trial=base["trial_id"][0] if base.height else None,
+        base_state=base["state"][0] if base.height else None,
+        base_value=base["val_metric"][0] if base.height else None,
+        best_trial=best["trial_id"][0] if best.height else None,
+        best_value=best["val_metric"][0] if best.height else None,
+        n_trials=rows.height,
+        n_full=full.height,
+        confirmed=confirmed,
+    )
+
+
+def pareto_front(trials: pl.DataFrame, cost: str, *, higher_is_better: bool) -> pl.DataFrame:
+    """The search trials on the metric-cost plane, for a cost-aware search (``search.cost``).
+
+    Columns: number, trial_id, state, cost (the trials.parquet column ``cost``), val_metric, on_front.
+    A full-budget trial is on the Pareto front when no other full-budget trial is at least as good on both
+    the metric and the cost (lower) and strictly better on one. Early-stopped trials are listed (their
+    metric is from a shorter budget) but never on the front; trials without both values are left out.
+    """
+    rows = search_trials(trials).filter(pl.col("state") != "failed")
+    frame = rows.select(
+        "number", "trial_id", "state", cost=pl.col(cost).cast(pl.Float64), val_metric=pl.col("val_metric")
+    ).drop_nulls(["cost", "val_metric"])
+    sign = 1.0 if higher_is_better else -1.0
+    full = [(r["cost"], sign * r["val_metric"]) for r in frame.to_dicts() if r["state"] == "completed"]
+
+    def dominated(cost_value: float, metric: float) -> bool:
+        return any(c <= cost_value and m >= metric and (c < cost_value or m > metric) for c, m in full)
+
+    on_front = [
+        r["state"] == "completed" and not dominated(r["cost"], sign * r["val_metric"]) for r in frame.to_dicts()
+    ]
+    return frame.with_columns(on_front=pl.Series(on_front, dtype=pl.Boolean)).sort("cost")
 
 
 def _when_holds(row: Mapping[str, Any], when: Mapping[str, Any] | None) -> bool:

@@ -131,6 +131,23 @@ def test_confirm_ranks_only_full_budget_trials(tmp_path: Path) -> None:
     ]
 
 
+def test_confirm_passes_over_the_base_arms_own_configuration(tmp_path: Path) -> None:
+    # the base's own point would repeat its ablation trials: the next best is confirmed, unless no ablation runs
+    for trial_id, inner_lr, val in (("search-000", 0.05, 0.9), ("search-001", 0.02, 0.7), ("search-002", 0.08, 0.8)):
+        spec = search_trial(study(), int(trial_id[-3:]), {"inner_lr": inner_lr})
+        ledger.write_record(
+            tmp_path,
+            {"trial_id": trial_id, "phase": "search", "state": "completed", "val_metric": val,
+             "iterations_done": 10, "budget_iterations": 10, "spec": spec.to_json()},
+        )
+    best = best_search_trials(tmp_path, study(), higher_is_better=True)
+    assert [t.trial_id for t in best] == ["search-002", "search-001"]
+    search_only = study(phases=["search", "confirm"])
+    assert [t.trial_id for t in best_search_trials(tmp_path, search_only, higher_is_better=True)] == [
+        "search-000", "search-002",
+    ]
+
+
 def make_run(tmp_path: Path) -> Run:
     from mmlo.tasks.registry import get_benchmark
 

@@ -7,8 +7,19 @@ import optuna
 import pytest
 
 from mmlo.orchestrator.errors import UserError
-from mmlo.orchestrator.plan import decode_value, encode_value
-from mmlo.orchestrator.search import NUMBER_KEY, compile_space, journal_storage, reconcile_journal
+from mmlo.orchestrator.plan import decode_value, encode_value, search_trial
+from mmlo.orchestrator.search import (
+    NUMBER_KEY,
+    base_point,
+    compile_space,
+    grace_period,
+    is_base_configuration,
+    journal_storage,
+    make_searcher,
+    reconcile_journal,
+    rung_iterations,
+    start_point,
+)
 from mmlo.orchestrator.spec import SpecError, parse_study
 from mmlo.storage import RunStore
 
@@ -190,3 +201,129 @@ def test_reconcile_journal_closes_interrupted_trials(tmp_path: Any) -> None:
     }
     assert rerun == [{"x": trials[3].params["x"]}]
     assert math.isclose(optuna.load_study(study_name="s", storage=storage).best_value, 0.7)
+
+
+BASE_SPACE = {
+    "inner_lr": {"type": "float", "low": 0.005, "high": 0.5, "log": True},
+    "modulation": {"type": "categorical", "choices": ["film", "sigmoid", "kml"]},
+    "kml_rank": {"type": "int", "low": 1, "high": 4, "when": {"modulation": "kml"}},
+}
+
+
+def test_base_point_is_the_base_arms_own_configuration() -> None:
+    # each parameter takes the base arm's value (the resolved modulation); conditions are judged on those values
+    point, why = base_point(study_with(BASE_SPACE))
+    assert point == {"inner_lr": 0.05, "modulation": "film"} and why == ""
+    kml = parse_study({**BASE, "arms": [{"name": "KML", "learner": "kml", "base": "maml", "kml_rank": 2}],
+                       "search": {"trials": 4, "space": {**BASE_SPACE, "modulation": {"type": "categorical",
+                                                                                   "choices": ["kml"]}}}})
+    assert base_point(kml)[0] == {"inner_lr": 0.05, "modulation": "kml", "kml_rank": 2}
+
+
+def test_base_point_outside_the_space_is_refused_with_a_reason() -> None:
+    # a base value outside the range, the choices or the step grid: no point, and the reason names it
+    narrow = {**BASE_SPACE, "inner_lr": {"type": "float", "low": 0.1, "high": 0.5}}
+    point, why = base_point(study_with(narrow))
+    assert point is None and "inner_lr=0.05" in why
+    point, why = base_point(study_with({"modulation": {"type": "categorical", "choices": ["sigmoid", "kml"]}}))
+    assert point is None and "modulation=film" in why
+    point, why = base_point(study_with({"inner_lr": {"type": "float", "low": 0.01, "high": 0.5, "step": 0.03}}))
+    assert point is None and "step grid" in why
+    assert base_point(study_with({"inner_lr": {"type": "float", "low": 0.02, "high": 0.5, "step": 0.03}}))[0]
+    assert start_point(study_with(BASE_SPACE, start_from_base=False)) is None
+
+
+def test_is_base_configuration_compares_what_trains() -> None:
+    # the base's own values are the base configuration whatever the budget or seed; any other value is not
+    s = study_with(BASE_SPACE)
+    assert is_base_configuration(s, search_trial(s, 0, {"inner_lr": 0.05, "modulation": "film"}))
+    assert not is_base_configuration(s, search_trial(s, 1, {"inner_lr": 0.06, "modulation": "film"}))
+    assert not is_base_configuration(s, search_trial(s, 2, {"inner_lr": 0.05, "modulation": "sigmoid"}))
+
+
+def test_fresh_search_asks_the_base_point_first_and_a_resumed_one_does_not(tmp_path: Any) -> None:
+    # trial 0 of a new journal is the base arm's point; a searcher over a journal that has trials enqueues nothing
+    s = study_with(BASE_SPACE)
+    storage = journal_storage(RunStore.open(tmp_path))
+    searcher = make_searcher(s, compile_space(s), storage, "val_metric", "min")
+    first = searcher.suggest("t0")
+    assert first[NUMBER_KEY] == 0 and first["inner_lr"] == 0.05 and first["modulation"] == "film"
+    again = make_searcher(s, compile_space(s), storage, "val_metric", "min")
+    ot_study = optuna.load_study(study_name=s.name, storage=storage)
+    assert len(ot_study.trials) == 1 and again.suggest("t1")[NUMBER_KEY] == 1
+
+
+def finish(searcher: Any, trial_id: str, result: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    searcher.suggest(trial_id)
+    searcher.on_trial_complete(trial_id, result)
+    return searcher._ot_study.trials[-1]
+
+
+def test_cost_aware_search_tells_optuna_both_objectives(tmp_path: Any) -> None:
+    # with search.cost the study is multi-objective: metric and cost told together; short or cost-less trials are not
+    s = study_with(BASE_SPACE, cost="params_total")
+    searcher = make_searcher(s, compile_space(s), journal_storage(RunStore.open(tmp_path)), "val_metric", "min")
+    assert searcher.metric == ["val_metric", "params_total"]
+    assert searcher._ot_study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    done = finish(searcher, "a", {"val_metric": 0.4, "params_total": 1200.0, "iteration": 4, "training_iteration": 2})
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.values == [0.4, 1200.0]
+    short = finish(searcher, "b", {"val_metric": 0.3, "params_total": 900.0, "iteration": 2, "training_iteration": 1})
+    assert short.state == optuna.trial.TrialState.PRUNED and short.intermediate_values == {}
+    no_cost = finish(searcher, "c", {"val_metric": 0.3, "iteration": 4, "training_iteration": 2})
+    assert no_cost.state == optuna.trial.TrialState.FAIL
+
+
+def test_single_objective_search_keeps_its_metric_alone(tmp_path: Any) -> None:
+    # without search.cost: one metric, one direction, early stops keep their intermediate value for TPE
+    s = study_with(BASE_SPACE)
+    searcher = make_searcher(s, compile_space(s), journal_storage(RunStore.open(tmp_path)), "val_metric", "max")
+    assert searcher.metric == "val_metric"
+    short = finish(searcher, "a", {"val_metric": 0.3, "iteration": 2, "training_iteration": 1})
+    assert short.state == optuna.trial.TrialState.PRUNED and short.intermediate_values == {1: 0.3}
+
+
+@pytest.mark.parametrize(
+    ("iterations", "val_interval", "grace", "factor"),
+    [(200, 50, None, 2.0), (200, 50, 1, 2.0), (400, 25, None, 2.0), (400, 25, 2, 3.0), (90, 10, 1, 1.5), (10, 5, 2, 2.0)],
+)
+def test_rung_iterations_are_rays_asha_rungs(iterations: int, val_interval: int, grace: int | None, factor: float) -> None:
+    # the rungs the report names are the ones Ray's ASHA bracket judges at, below the last validation
+    from mmlo.orchestrator.search import search_scheduler
+
+    s = parse_study({**BASE, "budget": {"iterations": iterations, "val_interval": val_interval},
+                     "search": {"trials": 4, "space": {"inner_lr": BASE_SPACE["inner_lr"]}},
+                     "scheduler": {"type": "asha", "grace_period": grace, "reduction_factor": factor}})
+    scheduler = search_scheduler(s)
+    last = math.ceil(iterations / val_interval)
+    ray_rungs = sorted(math.ceil(m) for m, _ in scheduler._brackets[0]._rungs if math.ceil(m) < last)
+    assert rung_iterations(s) == [min(r * val_interval, iterations) for r in ray_rungs]
+
+
+def test_grace_period_beyond_a_search_trials_validations_is_a_spec_error() -> None:
+    # Ray's ASHA would assert mid-study; the spec names the key and the count instead
+    with pytest.raises(SpecError, match="scheduler.grace_period.*validates 2 times"):
+        parse_study({**BASE, "search": {"trials": 2, "space": {"inner_lr": BASE_SPACE["inner_lr"]}},
+                     "scheduler": {"grace_period": 3}})
+
+
+def test_default_grace_period_is_half_the_search_budget() -> None:
+    # unset, the first rung sits at half a search trial's validations (rounded up): one rung with factor 2
+    s = study_with({"inner_lr": BASE_SPACE["inner_lr"]}, iterations=8)
+    assert grace_period(s) == 2 and rung_iterations(s) == [4]
+    odd = study_with({"inner_lr": BASE_SPACE["inner_lr"]}, iterations=6)
+    assert grace_period(odd) == 2 and rung_iterations(odd) == [4]
+
+
+def test_reconcile_journal_tells_both_objectives_of_a_cost_aware_search(tmp_path: Any) -> None:
+    # a cost-aware search's recorded trial is told its metric and its cost; one without a recorded cost fails
+    storage = journal_storage(RunStore.open(tmp_path))
+    ot_study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    for _ in range(2):
+        ot_study.ask().suggest_float("x", 0.0, 1.0)
+    finished = {
+        0: {"state": "completed", "val_metric": 0.7, "params_total": 5000},
+        1: {"state": "completed", "val_metric": 0.6, "params_total": None},
+    }
+    assert reconcile_journal(storage, "s", finished, ("params_total",)) == []
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert trials[0].values == [0.7, 5000.0] and trials[1].state == optuna.trial.TrialState.FAIL

@@ -103,8 +103,14 @@ def write_synthetic_run(
     episodes: int = 20,
     transference: bool = True,
     name: str = "synthetic",
+    confirm: float | None = None,
 ) -> Path:
-    """Write ``root/name`` with spec.yaml, provenance.json and the four Parquet tables; return the run dir."""
+    """Write ``root/name`` with spec.yaml, provenance.json and the four Parquet tables; return the run dir.
+
+    With ``confirm``, the search's record in provenance (base arm KML-ProtoNet, whose own point is the early-
+    stopped search trial 5; one ASHA rung at iteration 40) and a confirm phase: search trial 0 (the best) re-run with both
+    seeds, its test episodes ``confirm`` above KML-ProtoNet's.
+    """
     rng = np.random.default_rng(7)
     modes = REGRESSION_MODES if metric == "mse" else IMAGE_MODES
     run = root / name
@@ -121,6 +127,16 @@ def write_synthetic_run(
         "wall_seconds": 450.0,
         "ray_dashboard_url": None,
     }
+    if confirm is not None:
+        provenance["seeds"] = {
+            "training": list(SEEDS),
+            "search": {
+                "base_arm": "KML-ProtoNet",
+                "start_point": {"learner": "kml", "kml_variant": "multiplicative", "lr": 0.001},
+                "cost": None,
+                "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2.0, "rung_iterations": [40]},
+            },
+        }
     (run / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
     skill = {arm: 0.04 * i for i, arm in enumerate(ARMS)}
@@ -158,6 +174,7 @@ def write_synthetic_run(
                 final = row
                 progress.append(row)
             trials.append(_trial_row(name, "ablation", trial_id, arm, seed, metric, val_metric=final["val_metric"]))
+            confirmed = [("srch_00000", confirm)] if confirm is not None and arm == "KML-ProtoNet" else []
             for m in modes:
                 for e in range(episodes):
                     difficulty = 0.1 * np.sin(e)
@@ -167,22 +184,31 @@ def write_synthetic_run(
                     else:
                         after = float(max(base[m] * (1 - skill[arm]) + difficulty + 0.05 * rng.standard_normal(), 0.01))
                         before = after * 3 if arm == "MMAML (FiLM)" else None
-                    episode_rows.append(
-                        {
-                            "study": name,
-                            "phase": "ablation",
-                            "trial_id": trial_id,
-                            "arm": arm,
-                            "seed": seed,
-                            "split": "test",
-                            "mode": m,
-                            "episode": e,
-                            "episode_seed": 1000 * modes.index(m) + e,
-                            "metric": metric,
-                            "value_before": before,
-                            "value_after": after,
-                        }
-                    )
+                    row = {
+                        "study": name,
+                        "phase": "ablation",
+                        "trial_id": trial_id,
+                        "arm": arm,
+                        "seed": seed,
+                        "split": "test",
+                        "mode": m,
+                        "episode": e,
+                        "episode_seed": 1000 * modes.index(m) + e,
+                        "metric": metric,
+                        "value_before": before,
+                        "value_after": after,
+                    }
+                    episode_rows.append(row)
+                    for source, shift in confirmed:
+                        episode_rows.append(
+                            {**row, "phase": "confirm", "trial_id": f"confirm-{source}-s{seed}", "arm": source,
+                             "value_after": after + shift + 0.01 * rng.standard_normal()}
+                        )
+            for source, _ in confirmed:
+                trials.append(
+                    _trial_row(name, "confirm", f"confirm-{source}-s{seed}", source, seed, metric, val_metric=0.8,
+                               cfg_learner="kml", cfg_kml_variant="residual", cfg_lr=0.003)
+                )
             if transference:
                 for it in (50, 100):
                     for sm in modes:

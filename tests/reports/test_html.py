@@ -192,3 +192,34 @@ def test_search_only_study(make_run) -> None:
     text = Path(write_report(run_dir)).read_text(encoding="utf-8")
     assert text.count("This study ran no ablation arms") == 3
     assert '<section id="search">' in text
+
+
+# A confirmed search configuration sits right below its base arm, tagged, with its values and Δ vs the base arm.
+def test_confirmed_configuration_beside_its_base_arm(make_run) -> None:
+    run = load_run(make_run(name="confirmed", confirm=0.05))
+    tuned = "KML-ProtoNet, tuned (srch_00000)"
+    assert run.arms == ("ProtoNet", "MMAML (FiLM)", "KML-ProtoNet", tuned)
+    text = Path(write_report(run.run_dir)).read_text(encoding="utf-8")
+    table = text[text.index('<section id="ablation"') : text.index('<section id="modes"')]
+    rows = re.findall(r'<td class="name">(.*?)</td>', table)
+    assert rows[-2].startswith("KML-ProtoNet") and rows[-1].startswith(tuned)
+    assert "search, confirmed" in rows[-1] and "lr 0.003" in rows[-1]
+    tuned_row = table[table.index(tuned) :]
+    assert tuned_row.count("Δ vs base +") == 5 and 'class="sub better"' in tuned_row
+
+
+# The search section says in words whether the search beat its base arm, by how much, and what ASHA kept.
+@pytest.mark.parametrize(("shift", "verdict"), [(0.05, "The search beat its base arm, KML-ProtoNet."),
+                                                (-0.05, "The search did not beat its base arm, KML-ProtoNet.")])
+def test_search_outcome_in_words(make_run, shift: float, verdict: str) -> None:
+    run_dir = make_run(name=f"outcome{shift}", confirm=shift)
+    text = Path(write_report(run_dir)).read_text(encoding="utf-8")
+    search = text[text.index('<section id="search"') : text.index('<section id="transference"')]
+    finding = re.search(r'<p class="finding">(.*?)</p>', search).group(1)
+    assert finding.startswith(f"<strong>{verdict}</strong>")
+    assert "the base arm&#x27;s own configuration (srch_00005) was stopped early." in finding
+    assert "Its best configuration, srch_00000 (learner kml · kml_variant residual · lr 0.003), re-run" in finding
+    sign = re.escape("+" if shift > 0 else "-")
+    assert re.search(sign + r"[45]\.\d\d ± \d\.\d\d points, paired over 80 test episodes", finding), finding
+    assert "at iteration 40 it kept 4 of the 5 trials that reached it" in search
+    assert "srch_00005 <span class=\"tag\">base arm's configuration</span>" in search  # marked in the best table

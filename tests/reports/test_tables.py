@@ -455,3 +455,73 @@ def test_tables_from_parquet(tmp_path: Path, make_run) -> None:
         again.table_episodes(), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True
     )
     assert _cell(table, "B", "m1")["diff"] == pytest.approx(0.4 / 3)
+
+
+# A confirmed configuration C is paired with its own reference B, not with the baseline A: on m1 the
+# seed-averaged C episodes 0.7, 1.0, 1.0 minus B's 0.6, 0.9, 1.0 give 0.1, 0.1, 0.0 (mean 0.2 / 3).
+def test_paired_difference_against_each_arms_reference() -> None:
+    values = HAND | {("C", 0, "m1"): [0.6, 0.9, 1.0], ("C", 1, "m1"): [0.8, 1.1, 1.0]}
+    table = tables.ablation_table(
+        _episodes(values), arms=["A", "B", "C"], modes=["m1"], baseline="A", higher_is_better=True,
+        references={"C": "B"},
+    )
+    c, b = _cell(table, "C", "m1"), _cell(table, "B", "m1")
+    assert c["reference"] == "B" and c["diff"] == pytest.approx(0.2 / 3) and c["n_paired"] == 3
+    assert b["reference"] == "A" and b["diff"] == pytest.approx(0.4 / 3)
+    assert _cell(table, "A", "m1")["diff"] is None
+
+
+# Rung at 40 of 100: t00, t01, t02, t04 reached it (t03 failed at 10), t01 stopped there, three went on.
+def test_rung_counts() -> None:
+    rungs = tables.rung_counts(_search_trials(), [40, 80])
+    assert rungs.rows() == [(1, 40, 4, 3, 1), (2, 80, 3, 3, 0)]
+    assert tables.rung_counts(_search_trials(), []).height == 0
+
+
+# Trials whose sampled values are the base point (a conditional parameter that was not sampled is absent).
+def test_base_trials_match_the_start_point() -> None:
+    assert tables.base_trials(_search_trials(), SPACE, {"learner": "mprotonet", "lr": 0.0003}) == ["t04"]
+    assert tables.base_trials(_search_trials(), SPACE, {"learner": "mprotonet", "lr": 0.0003000000001}) == ["t04"]
+    assert tables.base_trials(_search_trials(), SPACE, {"learner": "kml", "lr": 0.0003}) == []
+    assert tables.base_trials(_search_trials(), SPACE, {}) == []
+
+
+# Accuracy against parameters: t00 (0.5, 100) and t02 (0.7, 300) are on the front; t04 (0.6, 400) is beaten by
+# t02 on both; the stopped t01 never is, however good. For MSE (lower is better) t00 beats both on both.
+def test_pareto_front() -> None:
+    trials = _search_trials().with_columns(params_total=pl.Series([100, 50, 300, 200, 400]))
+    front = tables.pareto_front(trials, "params_total", higher_is_better=True)
+    assert front["trial_id"].to_list() == ["t01", "t00", "t02", "t04"]
+    assert dict(zip(front["trial_id"], front["on_front"], strict=True)) == {
+        "t01": False, "t00": True, "t02": True, "t04": False,
+    }
+    low = tables.pareto_front(trials, "params_total", higher_is_better=False)
+    assert low.filter("on_front")["trial_id"].to_list() == ["t00"]
+
+
+def _outcome(diffs: list[float], base_point: dict | None) -> tables.SearchOutcome:
+    """B is the base arm, 'B, tuned (t02)' its confirmed configuration, ahead of B by ``diffs`` on m1."""
+    b = [0.5, 0.6, 0.7]
+    values = {("B", s, "m1"): b for s in (0, 1)} | {("T", s, "m1"): [x + d for x, d in zip(b, diffs)] for s in (0, 1)}
+    episodes = _episodes(values).with_columns(arm=pl.col("arm").replace({"T": "B, tuned (t02)"}))
+    table = tables.ablation_table(
+        episodes, arms=["B", "B, tuned (t02)"], modes=["m1"], baseline="B", higher_is_better=True
+    )
+    return tables.search_outcome(
+        _search_trials(), table, space=SPACE, base_arm="B", start_point=base_point,
+        tuned={"B, tuned (t02)": "t02"}, higher_is_better=True,
+    )
+
+
+# The outcome: the best full-budget search trial (t02), the base's own trial (t04), and the confirmed verdict:
+# better when the paired interval lies above 0, tie when it holds 0, worse when it lies below.
+def test_search_outcome() -> None:
+    outcome = _outcome([0.1, 0.1, 0.1], {"learner": "mprotonet", "lr": 0.0003})
+    assert (outcome.best_trial, outcome.best_value, outcome.base_trial, outcome.base_value) == ("t02", 0.7, "t04", 0.6)
+    assert (outcome.n_trials, outcome.n_full) == (5, 3)
+    row = outcome.confirmed.row(0, named=True)
+    assert row["trial_id"] == "t02" and row["verdict"] == "better"
+    assert row["diff"] == pytest.approx(0.1) and row["reference_mean"] == pytest.approx(0.6)
+    assert _outcome([0.1, -0.1, 0.05], None).confirmed["verdict"].to_list() == ["tie"]
+    assert _outcome([-0.1, -0.12, -0.1], None).confirmed["verdict"].to_list() == ["worse"]
+    assert _outcome([0.1, 0.1, 0.1], None).base_trial is None
