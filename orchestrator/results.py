@@ -23,10 +23,9 @@ from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.progress import duration
 from mmlo.orchestrator.provenance import read_provenance
 from mmlo.orchestrator.sink import EPISODES_FILE, PHASE_ORDER
+from mmlo.reports.rundir import TABLE_PHASES
 from mmlo.storage import SPEC_FILE, RunStore, StorageError, read_parquet
 
-#: Phases whose trials are rows of the ablation table.
-TABLE_PHASES = ("ablation", "confirm")
 RESULT_FIELDS = ("arm", "mode", "metric", "mean", "ci95", "n_episodes", "n_seeds")
 
 

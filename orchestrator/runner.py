@@ -20,7 +20,6 @@ resume command, and the trials it interrupted stay unfinished.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -55,7 +54,7 @@ from mmlo.orchestrator.plan import (
 from mmlo.orchestrator.progress import StudyProgress, duration
 from mmlo.orchestrator.recovery import rerun_damaged
 from mmlo.orchestrator.search import NUMBER_KEY, SearchSpace, compile_space
-from mmlo.orchestrator.spec import Study, dump_study
+from mmlo.orchestrator.spec import Study, dump_study, spec_changes
 from mmlo.orchestrator.summary import local_concurrency
 from mmlo.orchestrator.trainable import reuse_actors, trial_actor_class, trial_constants, trial_from_config
 from mmlo.storage import (
@@ -83,8 +82,6 @@ RAY_ENVIRONMENT = {
     # and at nice 15 any other process on the machine starves them.
     "RAY_worker_niceness": "0",
 }
-#: Spec keys that may change between sessions of one run (they do not change results).
-RESUMABLE_KEYS = ("output", "resources", "description")
 LOGGERS = ("ray", "optuna", "filelock")
 DRIVER_LOG = "driver.log"
 #: Ray namespace of a study's driver (its trial actors are listed under it in the dashboard).
@@ -361,27 +358,6 @@ def _check_run_dir(run_dir: RunStore, study: Study, resume: bool) -> None:
             f"--resume: the study changed since {run_dir} was started, and its results would no longer be "
             f"comparable. Changed: {shown}. Restore the file, or run the new spec into another --out"
         )
-
-
-def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Key paths whose values differ between two resolved specs (ignoring keys that may change on resume)."""
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in list(a) + [k for k in b if k not in a]:
-                walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
-                walk(x, y, f"{path}.{i}")
-        elif a != b:
-            out.append(f"{path}: {json.dumps(a)} -> {json.dumps(b)}")
-
-    def results_defining(spec: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in spec.items() if k not in RESUMABLE_KEYS}
-
-    walk(results_defining(recorded), results_defining(current), "")
-    return out
 
 
 def _run(run: Run, dashboard: bool) -> int:

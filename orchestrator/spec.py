@@ -310,6 +310,11 @@ class Transference(BaseModel):
     arms: list[str] | None = Field(None, description="Arms to measure (default: every arm).")
 
 
+#: Keys that may change between sessions of one run: where it is written, how it is scheduled, its prose.
+#: Everything else defines the results (the fingerprint, and what ``--resume`` refuses to change).
+RESUMABLE_KEYS = ("output", "resources", "description")
+
+
 class Study(BaseModel):
     """A study: benchmark, arms x seeds, optional Optuna search, resources, output."""
 
@@ -498,7 +503,7 @@ class Study(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of everything that defines the study's results (not where they are written)."""
-        data = self.model_dump(mode="json", exclude={"output", "resources", "description"})
+        data = self.model_dump(mode="json", exclude=set(RESUMABLE_KEYS))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -912,3 +917,24 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mmlo study"
     return schema
+
+
+def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Key paths whose values differ between two resolved specs (ignoring :data:`RESUMABLE_KEYS`)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in list(a) + [k for k in b if k not in a]:
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}.{i}")
+        elif a != b:
+            out.append(f"{path}: {json.dumps(a)} -> {json.dumps(b)}")
+
+    def results_defining(spec: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in spec.items() if k not in RESUMABLE_KEYS}
+
+    walk(results_defining(recorded), results_defining(current), "")
+    return out

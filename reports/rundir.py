@@ -19,8 +19,8 @@ from typing import Any
 import polars as pl
 import yaml
 
-from mmlo.storage import PROVENANCE_FILE, SPEC_FILE, RunStore, StorageError, read_parquet
 from mmlo.reports.errors import ReportError
+from mmlo.storage import PROVENANCE_FILE, SPEC_FILE, RunStore, StorageError, read_parquet
 
 #: Phases whose trials are rows of the ablation table (confirm re-runs the best search configurations).
 TABLE_PHASES = ("ablation", "confirm")

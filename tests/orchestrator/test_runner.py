@@ -15,10 +15,9 @@ from mmlo.orchestrator.runner import (
     best_search_trials,
     finalize_record,
     run_study,
-    spec_changes,
 )
 from mmlo.orchestrator.checkpoints import latest_checkpoints
-from mmlo.orchestrator.spec import dump_study, parse_study
+from mmlo.orchestrator.spec import dump_study, parse_study, spec_changes
 from mmlo.storage import RunStore
 
 SPEC: dict[str, Any] = {
