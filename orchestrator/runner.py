@@ -115,7 +115,9 @@ class Run:
 
     @property
     def metric(self) -> str:
-        return "accuracy" if self.higher_is_better else "mse"
+        from mmlo.models.evaluation import metric_name
+
+        return metric_name(self.benchmark.kind)
 
     def resume_command(self) -> str:
         return resume_command(self.study_file, self.output, self.address, self.max_concurrent)

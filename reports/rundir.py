@@ -121,13 +121,13 @@ def _ordered(preferred: Sequence[str], present: Sequence[str]) -> tuple[str, ...
     return (*head, *tail)
 
 
-def _metric_name(trials: pl.DataFrame, spec: dict[str, Any]) -> str:
-    if "metric_name" in trials.columns:
-        names = trials["metric_name"].drop_nulls().unique(maintain_order=True).to_list()
-        if names:
-            return str(names[0])
-    benchmark = str((spec.get("benchmark") or {}).get("name", ""))
-    return "mse" if benchmark.startswith("regression") else "accuracy"
+def _metric_name(trials: pl.DataFrame, provenance: dict[str, Any]) -> str:
+    """The metric the trials recorded; when none did (every trial failed before it built its benchmark), the
+    one of the benchmark kind the driver recorded in provenance."""
+    names = trials["metric_name"].drop_nulls().unique(maintain_order=True).to_list()
+    if names:
+        return str(names[0])
+    return "mse" if (provenance.get("benchmark") or {}).get("kind") == "regression" else "accuracy"
 
 
 def _modes(
@@ -201,7 +201,7 @@ def load_run(run_dir: RunStore | Path | str) -> RunData:
         progress=progress,
         episodes=episodes,
         transference=transference,
-        metric_name=_metric_name(trials, spec),
+        metric_name=_metric_name(trials, provenance),
         modes=_modes(spec, provenance, episodes, progress),
         arms=arms,
         baseline=baseline,
