@@ -107,15 +107,12 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _lookup(data: Mapping[str, Any], *paths: str) -> Any:
-    """First non-empty value among dotted ``paths`` (provenance records nest some facts)."""
-    for path in paths:
-        node: Any = data
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, Mapping) else None
-        if node not in (None, "", {}, []):
-            return node
-    return None
+def _lookup(data: Mapping[str, Any], path: str) -> Any:
+    """The non-empty value at dotted ``path`` of the provenance record (it nests some facts), else None."""
+    node: Any = data
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return None if node in (None, "", {}, []) else node
 
 
 def _duration(seconds: float) -> str:
@@ -217,28 +214,28 @@ def _header(run: RunData) -> str:
     facts.append(("seeds", _e(", ".join(str(s) for s in seeds) + f" ({'; '.join(seed_notes)})")))
     if run.baseline:
         facts.append(("baseline arm", _e(run.baseline)))
-    started = _lookup(prov, "started", "started_at", "start_time")
-    finished = _lookup(prov, "finished", "finished_at", "end_time")
+    started = _lookup(prov, "started")
+    finished = _lookup(prov, "finished")
     if started or finished:
         end = _when(finished) if finished else "not finished"
         facts.append(("date", _e(f"{_when(started) if started else '?'} → {end}")))
     else:
         stamp = datetime.fromtimestamp(run.store.mtime("trials.parquet") or 0.0, tz=UTC)
         facts.append(("date", _e(f"results written {stamp:%Y-%m-%d %H:%M} UTC")))
-    wall = _lookup(prov, "wall_seconds", "wall_s", "duration_s")
+    wall = _lookup(prov, "wall_seconds")
     if wall is not None:
         facts.append(("total wall time", _e(_duration(wall))))
     else:
         total = run.trials["wall_seconds"].sum()
         facts.append(("total wall time", _e(f"{_duration(total)} (sum over trials; the study recorded no total)")))
-    commit = _lookup(prov, "git.commit", "git_commit", "commit")
-    dirty = _lookup(prov, "git.dirty", "git_dirty", "dirty")
+    commit = _lookup(prov, "git.commit")
+    dirty = _lookup(prov, "git.dirty")
     if commit:
         facts.append(("git commit", f"<code>{_e(commit)}</code>" + (" (uncommitted changes)" if dirty else "")))
-    packages = _lookup(prov, "packages", "package_versions", "versions")
+    packages = _lookup(prov, "packages")
     if isinstance(packages, Mapping):
         facts.append(("packages", " · ".join(f"{_e(k)} {_e(v)}" for k, v in packages.items() if v)))
-    fingerprint = _lookup(prov, "benchmark.fingerprint", "benchmark_fingerprint")
+    fingerprint = _lookup(prov, "benchmark.fingerprint")
     if fingerprint:
         facts.append(("benchmark fingerprint", f"<code>{_e(fingerprint)}</code>"))
     machine = _lookup(prov, "machine")
@@ -266,7 +263,7 @@ def _header(run: RunData) -> str:
         if at_once:
             facts.append(("concurrency", _e(", ".join(at_once))))
     dashboards = []
-    ray_url = _lookup(prov, "ray.dashboard_url", "ray_dashboard_url", "dashboard_url", "ray_dashboard")
+    ray_url = _lookup(prov, "dashboard_url")
     if isinstance(ray_url, str) and ray_url.startswith(("http://", "https://")):
         dashboards.append(f'Ray dashboard (while the study ran): <a href="{_e(ray_url)}">{_e(ray_url)}</a>')
     journal = run.store.where("optuna.journal")

@@ -125,7 +125,7 @@ def write_synthetic_run(
         "started": "2025-01-02T10:00:00+00:00",
         "finished": "2025-01-02T10:07:30+00:00",
         "wall_seconds": 450.0,
-        "ray_dashboard_url": None,
+        "dashboard_url": None,
     }
     if confirm is not None:
         provenance["seeds"] = {

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from mmlo.orchestrator.provenance import record_dashboard
 from mmlo.reports.errors import ReportError
 from mmlo.reports.html import build_sections, render_html, write_pngs, write_report
 from mmlo.reports.rundir import load_run
@@ -116,9 +118,7 @@ def test_ablation_table_cells(report: Path) -> None:
 def test_dashboard_links(make_run) -> None:
     run_dir = make_run(name="dashboards")
     (run_dir / "optuna.journal").write_text("")
-    provenance = json.loads((run_dir / "provenance.json").read_text())
-    provenance["ray_dashboard_url"] = "http://127.0.0.1:8265"
-    (run_dir / "provenance.json").write_text(json.dumps(provenance))
+    record_dashboard(run_dir, "http://127.0.0.1:8265")  # as the driver records the URL it printed
     text = Path(write_report(run_dir)).read_text(encoding="utf-8")
     assert f"optuna-dashboard {run_dir.resolve() / 'optuna.journal'}" in text
     assert '<a href="http://127.0.0.1:8265">' in text
