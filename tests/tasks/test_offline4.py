@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -114,17 +113,13 @@ def test_no_duplicate_letters_across_glyph_splits() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_tiny_configuration_renders_fast(mode: str, needs_sources: Callable[..., None]) -> None:
-    # About 10 classes x 4 samples render in about a second (generous: the CPU is shared in CI).
+def test_tiny_configuration_renders(mode: str, needs_sources: Callable[..., None]) -> None:
+    # About 10 classes x 4 samples render to uint8 images of the asked size (the unit tests' configuration).
     needs_sources(mode)
     index = offline4.load_index()[mode]
-    rendering.render_classes(mode, index.table, index.classes("train", 1), 1, 32, workers=1)
-    start = time.perf_counter()
     images = rendering.render_classes(mode, index.table, index.classes("train", 10), 4, 32, workers=1)
-    elapsed = time.perf_counter() - start
     assert images.shape == (40, 32, 32, 1 if mode == "glyphs" else 3)
     assert images.dtype == np.uint8
-    assert elapsed < 2.0, f"{mode}: {elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("mode", MODES)
