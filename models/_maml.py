@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mmlo.models._meta_learner import MetaLearner, Taus, sub_params
+from mmlo.models._torch_private import is_functorch_wrapped
 from mmlo.models.base import Params, TaskOutput
 from mmlo.models.config import LearnerConfig
 from mmlo.models.encoders import TaskEncoder
@@ -212,8 +213,7 @@ class MAML(MetaLearner):
         if not (self.written_out_inner_loop and isinstance(self.backbone, MLP) and self.kind == "regression"):
             return False
         every_layer = {f"layers.{i}" for i in range(len(self.backbone.layers))} | {"head"}
-        wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-        return set(factored) == every_layer and not any(wrapped(t) for t in theta.values())
+        return set(factored) == every_layer and not any(is_functorch_wrapped(t) for t in theta.values())
 
     def _adapt_written_out(
         self,
@@ -260,8 +260,7 @@ def _inner_gradients(
     tensors are functorch-wrapped and only ``torch.func.grad`` composes, so that path is taken there.
     Without an outer graph (evaluation) the weights become fresh leaves and nothing is kept.
     """
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    if any(wrapped(t) for t in (*weights.values(), *probes.values())):
+    if any(is_functorch_wrapped(t) for t in (*weights.values(), *probes.values())):
         (grads, deltas), aux = torch.func.grad(support_loss, argnums=(0, 1), has_aux=True)(weights, probes)
         return grads, deltas, aux
     outer = torch.is_grad_enabled()
@@ -293,6 +292,6 @@ def _clip_factor(grads: Params, deltas: Params, inputs: Params, max_norm: float)
         gram = torch.bmm(delta, delta.transpose(1, 2)) * inner
         squares.append(gram.flatten(1).sum(1))
     factor = max_norm / (torch.stack(squares).sum(0).sqrt() + 1e-12)
-    if not torch._C._functorch.is_functorch_wrapped_tensor(factor) and bool((factor > 1.0).all()):
+    if not is_functorch_wrapped(factor) and bool((factor > 1.0).all()):
         return None
     return factor.clamp(max=1.0)

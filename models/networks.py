@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlo.models._torch_private import is_functorch_wrapped
 from mmlo.models.base import Params
 from mmlo.models.modulation import LayerModulation, LayerShape, conv_factors
 
@@ -55,7 +56,7 @@ def grouped(x: torch.Tensor) -> torch.Tensor:
     """
     tasks, batch, channels = x.shape[:3]
     h = x.transpose(0, 1).reshape(batch, tasks * channels, *x.shape[3:])
-    if h.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(h):
+    if h.device.type != "cpu" or is_functorch_wrapped(h):
         return h
     return h.contiguous(memory_format=torch.channels_last)
 
@@ -179,7 +180,7 @@ def _task_batch_norm(
             return F.batch_norm(h, mean, var, weight, bias, training=False, eps=BN_EPS)
         # Statistics are state, not a function of the parameters: a caller's vmap/grad transform
         # (transference look-aheads) must not write them.
-        if track and not torch._C._functorch.is_functorch_wrapped_tensor(h):
+        if track and not is_functorch_wrapped(h):
             with torch.no_grad():
                 _update_running(mean_buf, var_buf, h.detach(), tasks, route)
     return F.batch_norm(h, None, None, weight, bias, training=True, eps=BN_EPS)

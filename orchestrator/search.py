@@ -337,6 +337,27 @@ def _has_trials(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
         return False
 
 
+# OptunaSearch keeps its Optuna study and the Tune-trial -> Optuna-trial map in private attributes, and has no
+# hook to tell a trial's outcome itself; these three functions are the only places that read them
+# (tests/orchestrator/test_search.py checks them against the installed Ray, so an upgrade fails loudly).
+def pending_optuna_trial(searcher: OptunaSearch, trial_id: str) -> optuna.Trial | None:
+    """The Optuna trial of a Tune trial that has not been told its outcome yet, else None."""
+    if trial_id in searcher._completed_trials:
+        return None
+    trial: optuna.Trial | None = searcher._ot_trials.get(trial_id)
+    return trial
+
+
+def optuna_study(searcher: OptunaSearch) -> optuna.Study:
+    """The Optuna study an OptunaSearch asks and tells."""
+    return searcher._ot_study  # type: ignore[no-any-return]
+
+
+def mark_told(searcher: OptunaSearch, trial_id: str) -> None:
+    """Record that a Tune trial's outcome was told to Optuna (OptunaSearch then ignores it)."""
+    searcher._completed_trials.add(trial_id)
+
+
 def make_searcher(
     study: Study, space: SearchSpace, storage: optuna.storages.BaseStorage, metric: str, mode: str
 ) -> OptunaSearch:
@@ -358,26 +379,27 @@ def make_searcher(
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             import optuna
 
-            if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            ot_trial = pending_optuna_trial(self, trial_id)
+            if error or not result or ot_trial is None:
                 super().on_trial_complete(trial_id, result, error)
                 return
-            ot_trial = self._ot_trials[trial_id]
+            ot_study = optuna_study(self)
             value = result.get(metrics[0])
             if value is None or not math.isfinite(float(value)):
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             elif result.get("iteration", 0) < search_iterations(study):
                 # A multi-objective study takes no intermediate values: TPE then ranks its pruned trials last.
                 if len(metrics) == 1:
                     ot_trial.report(float(value), int(result.get("training_iteration", 0)))
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+                ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 values = [result.get(m) for m in metrics]
                 if any(v is None or not math.isfinite(float(v)) for v in values):
-                    self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                    ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 else:
                     told = [float(v) for v in values]
-                    self._ot_study.tell(ot_trial, told if len(told) > 1 else told[0])
-            self._completed_trials.add(trial_id)
+                    ot_study.tell(ot_trial, told if len(told) > 1 else told[0])
+            mark_told(self, trial_id)
 
     return BudgetAwareOptunaSearch(
         space=space,

@@ -14,6 +14,7 @@ from mmlo.orchestrator.runner import (
     announce_when_up,
     best_search_trials,
     finalize_record,
+    ray_dashboard_missing,
     run_study,
 )
 from mmlo.orchestrator.checkpoints import latest_checkpoints
@@ -171,6 +172,11 @@ def test_worker_records_win(tmp_path: Path) -> None:
     finished(tmp_path, "search-000", "completed", 0.5)
     record = finalize_record(run, "search-000", {"optuna_number": 0}, {"iteration": 5}, None)
     assert record["state"] == "completed" and record["iterations_done"] == 10
+
+
+def test_dashboard_dependencies_are_installed() -> None:
+    # `make setup` installs ray[default]; the (private) Ray check behind ray_dashboard_missing finds it
+    assert ray_dashboard_missing() is None
 
 
 def test_dashboard_url_is_printed_only_once_it_answers(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,9 @@ from mmlo.orchestrator.search import (
     is_base_configuration,
     journal_storage,
     make_searcher,
+    mark_told,
+    optuna_study,
+    pending_optuna_trial,
     reconcile_journal,
     rung_iterations,
     start_point,
@@ -256,7 +259,7 @@ def test_fresh_search_asks_the_base_point_first_and_a_resumed_one_does_not(tmp_p
 def finish(searcher: Any, trial_id: str, result: dict[str, Any]) -> optuna.trial.FrozenTrial:
     searcher.suggest(trial_id)
     searcher.on_trial_complete(trial_id, result)
-    return searcher._ot_study.trials[-1]
+    return optuna_study(searcher).trials[-1]
 
 
 def test_cost_aware_search_tells_optuna_both_objectives(tmp_path: Any) -> None:
@@ -264,7 +267,7 @@ def test_cost_aware_search_tells_optuna_both_objectives(tmp_path: Any) -> None:
     s = study_with(BASE_SPACE, cost="params_total")
     searcher = make_searcher(s, compile_space(s), journal_storage(RunStore.open(tmp_path)), "val_metric", "min")
     assert searcher.metric == ["val_metric", "params_total"]
-    assert searcher._ot_study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    assert optuna_study(searcher).directions == [optuna.study.StudyDirection.MINIMIZE] * 2
     done = finish(searcher, "a", {"val_metric": 0.4, "params_total": 1200.0, "iteration": 4, "training_iteration": 2})
     assert done.state == optuna.trial.TrialState.COMPLETE and done.values == [0.4, 1200.0]
     short = finish(searcher, "b", {"val_metric": 0.3, "params_total": 900.0, "iteration": 2, "training_iteration": 1})
@@ -280,6 +283,20 @@ def test_single_objective_search_keeps_its_metric_alone(tmp_path: Any) -> None:
     assert searcher.metric == "val_metric"
     short = finish(searcher, "a", {"val_metric": 0.3, "iteration": 2, "training_iteration": 1})
     assert short.state == optuna.trial.TrialState.PRUNED and short.intermediate_values == {1: 0.3}
+
+
+def test_optuna_search_private_state_is_where_mmlo_reads_it(tmp_path: Any) -> None:
+    # OptunaSearch's study and its Tune -> Optuna trial map (private in Ray) are what the three accessors read:
+    # a suggested trial is pending, told once it is marked, and unknown ids are not pending
+    s = study_with(BASE_SPACE)
+    searcher = make_searcher(s, compile_space(s), journal_storage(RunStore.open(tmp_path)), "val_metric", "min")
+    assert isinstance(optuna_study(searcher), optuna.Study)
+    config = searcher.suggest("t0")
+    pending = pending_optuna_trial(searcher, "t0")
+    assert isinstance(pending, optuna.Trial) and pending.number == config[NUMBER_KEY]
+    assert pending_optuna_trial(searcher, "never-suggested") is None
+    mark_told(searcher, "t0")
+    assert pending_optuna_trial(searcher, "t0") is None
 
 
 @pytest.mark.parametrize(
