@@ -12,7 +12,7 @@ import pytest
 
 from mmlo.orchestrator.provenance import record_dashboard
 from mmlo.reports.errors import ReportError
-from mmlo.reports.html import build_sections, render_html, write_pngs, write_report
+from mmlo.reports.html import render_html, write_pngs, write_report
 from mmlo.reports.rundir import load_run
 
 
@@ -164,7 +164,7 @@ def test_missing_run_dir(tmp_path: Path) -> None:
 # --png writes each chart as a real PNG file named after its chart id.
 def test_png_export(synthetic_run: Path, tmp_path: Path) -> None:
     run = load_run(synthetic_run)
-    _, specs = render_html(run, build_sections(run))
+    _, specs = render_html(run)
     first = dict(list(specs.items())[:2])
     paths = write_pngs(first, tmp_path / "png", scale=1.0)
     assert [p.name for p in paths] == [f"{k.removeprefix('chart-')}.png" for k in first]
@@ -197,7 +197,7 @@ def test_search_only_study(make_run) -> None:
 # A confirmed search configuration sits right below its base arm, tagged, with its values and Δ vs the base arm.
 def test_confirmed_configuration_beside_its_base_arm(make_run) -> None:
     run = load_run(make_run(name="confirmed", confirm=0.05))
-    tuned = "KML-ProtoNet, tuned (srch_00000)"
+    tuned = "KML-ProtoNet, tuned (search-000)"
     assert run.arms == ("ProtoNet", "MMAML (FiLM)", "KML-ProtoNet", tuned)
     text = Path(write_report(run.run_dir)).read_text(encoding="utf-8")
     table = text[text.index('<section id="ablation"') : text.index('<section id="modes"')]
@@ -217,9 +217,9 @@ def test_search_outcome_in_words(make_run, shift: float, verdict: str) -> None:
     search = text[text.index('<section id="search"') : text.index('<section id="transference"')]
     finding = re.search(r'<p class="finding">(.*?)</p>', search).group(1)
     assert finding.startswith(f"<strong>{verdict}</strong>")
-    assert "the base arm&#x27;s own configuration (srch_00005) was stopped early." in finding
-    assert "Its best configuration, srch_00000 (learner kml · kml_variant residual · lr 0.003), re-run" in finding
+    assert "the base arm&#x27;s own configuration (search-005) was stopped early." in finding
+    assert "Its best configuration, search-000 (learner kml · kml_variant residual · lr 0.003), re-run" in finding
     sign = re.escape("+" if shift > 0 else "-")
     assert re.search(sign + r"[45]\.\d\d ± \d\.\d\d points, paired over 80 test episodes", finding), finding
     assert "at iteration 40 it kept 4 of the 5 trials that reached it" in search
-    assert "srch_00005 <span class=\"tag\">base arm's configuration</span>" in search  # marked in the best table
+    assert "search-005 <span class=\"tag\">base arm's configuration</span>" in search  # marked in the best table
