@@ -1,4 +1,5 @@
-"""Session-wide test settings: one CPU thread for torch, Ray's CI settings, an isolated data cache."""
+"""Session-wide test settings (one CPU thread for torch, Ray's CI settings, an isolated data cache) and the
+session's shared resources: a moto S3 server and one finished smoke study."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The longest the shared smoke study may take.
+SMOKE_TIMEOUT_S = 900
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,3 +83,23 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    """The finished run of ``mmlo study studies/smoke.yaml``: the CLI's outcome and the run directory."""
+
+    result: subprocess.CompletedProcess[str]
+    run_dir: Path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    """One `mmlo study studies/smoke.yaml` through the real CLI, shared by every test that only reads its run
+    directory (a test that changes it works on a copy)."""
+    out = tmp_path_factory.mktemp("smoke")
+    command = [str(Path(sys.executable).with_name("mmlo")), "study", str(ROOT / "studies" / "smoke.yaml"),
+               "--out", str(out), "--no-dashboard"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return SmokeRun(result, out / "smoke")

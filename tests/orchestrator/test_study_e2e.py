@@ -54,9 +54,9 @@ def smoke() -> Any:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
-    out = tmp_path_factory.mktemp("straight")
-    return mmlo("study", str(SMOKE), "--out", str(out), "--no-dashboard"), out / "smoke"
+def straight(smoke_run: Any) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The session's shared smoke run (tests/conftest.py): read only; the damaged-ledger test copies it."""
+    return smoke_run.result, smoke_run.run_dir
 
 
 @pytest.fixture(scope="module")

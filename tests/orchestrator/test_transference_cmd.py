@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 import torch
-import yaml
 
 from mmlo.models.training import fit, load_checkpoint
 from mmlo.models.transference import make_transference_hook
@@ -137,25 +138,16 @@ def test_user_errors_name_what_exists(run: tuple[Path, str, list[dict[str, objec
 
 
 @pytest.mark.slow
-def test_cli_on_a_smoke_run(tmp_path: Path) -> None:
-    # `mmlo study` on the smoke study cut to one trial, then `mmlo transference RUN --trial ID --sources 3`:
-    # exit 0, and the trial's rows at its last iteration grow from 2 to 3 sources per mode.
-    root = Path(__file__).resolve().parents[2]
-    spec = yaml.safe_load((root / "studies" / "smoke.yaml").read_text(encoding="utf-8"))
-    spec.update(arms=spec["arms"][:1], seeds=[0])
-    spec.pop("search")
-    study_file = tmp_path / "one.yaml"
-    study_file.write_text(yaml.safe_dump(spec), encoding="utf-8")
+def test_cli_on_a_smoke_run(smoke_run: Any, tmp_path: Path) -> None:
+    # `mmlo transference RUN --trial ID --sources 3` on a copy of the session's smoke run: exit 0, and the
+    # trial's rows at each measured iteration grow from 2 to 3 sources per mode.
+    run_dir = tmp_path / "smoke"
+    shutil.copytree(smoke_run.run_dir, run_dir, symlinks=True)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     mmlo = [sys.executable, "-m", "mmlo.orchestrator"]
-    study = subprocess.run(
-        [*mmlo, "study", str(study_file), "--out", str(tmp_path), "--no-dashboard"],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert study.returncode == 0, study.stdout + study.stderr
-    run_dir = tmp_path / spec["name"]
     trial = json.loads(next((run_dir / "parts").glob("ablation-*/trial.json")).read_text())["trial_id"]
-    assert pl.read_parquet(run_dir / sink.TRANSFERENCE_FILE).height == (4 * 2 + 4) * 4
+    before = pl.read_parquet(run_dir / sink.TRANSFERENCE_FILE)
+    assert before.filter(pl.col("trial_id") == trial).height == (4 * 2 + 4) * 4
     result = subprocess.run(
         [*mmlo, "transference", str(run_dir), "--trial", trial, "--sources", "3"],
         env=env, capture_output=True, text=True, timeout=600,
@@ -164,6 +156,8 @@ def test_cli_on_a_smoke_run(tmp_path: Path) -> None:
     after = pl.read_parquet(run_dir / sink.TRANSFERENCE_FILE)
     assert dict(after.schema) == sink.TRANSFERENCE_COLUMNS
     assert after.filter(pl.col("trial_id") == trial).height == (4 * 3 + 4) * 4
+    others = [frame.filter(pl.col("trial_id") != trial).sort(frame.columns) for frame in (before, after)]
+    assert others[1].equals(others[0])  # the other trials' rows are left as they were
     missing = subprocess.run(
         [*mmlo, "transference", str(run_dir), "--trial", "nope"], env=env, capture_output=True, text=True
     )
