@@ -59,7 +59,7 @@ def s3_endpoint() -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in CREDENTIALS}
     os.environ.update(CREDENTIALS)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a guard against a hang: moto starts slowly on a loaded machine
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=1).close()

@@ -19,8 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: A valid study of four lines; most cases append a fifth line that breaks it.
 BASE = "name: t\nbenchmark: {name: regression2, shots: 5, query: 5}\narms:\n  - {name: MAML, learner: maml}\n"
-#: The longest an answer may take (the subprocess timeout of the real-executable cases).
-DEADLINE_S = 10
+#: A guard against a hang, not a speed limit (speed is `mmlo bench`'s business): a file still unanswered after
+#: this long fails its case (the per-file alarm; the subprocess timeout of the real-executable cases).
+DEADLINE_S = 120
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,9 @@ CORPUS = [
 
 
 #: Runs `mmlo validate FILE` through the CLI's entry point for each file, in this one process, and prints one
-#: JSON object per file: exit code, stderr, stdout and seconds (an alarm stands in for a per-file timeout).
+#: JSON object per file: exit code, stderr and stdout (an alarm stands in for a per-file timeout).
 _DRIVER = r"""
-import contextlib, io, json, signal, sys, time, traceback
+import contextlib, io, json, signal, sys, traceback
 from mmlo.orchestrator.cli import main
 
 def timeout(signum, frame):
@@ -177,7 +178,6 @@ signal.signal(signal.SIGALRM, timeout)
 deadline, files = int(sys.argv[1]), sys.argv[2:]
 for file in files:
     out, err = io.StringIO(), io.StringIO()
-    start = time.perf_counter()
     signal.alarm(deadline)
     sys.argv = ["mmlo", "validate", file]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -190,8 +190,7 @@ for file in files:
             traceback.print_exc()
             code = -1
     signal.alarm(0)
-    print(json.dumps({"file": file, "code": code, "stderr": err.getvalue(), "stdout": out.getvalue(),
-                      "seconds": time.perf_counter() - start}), flush=True)
+    print(json.dumps({"file": file, "code": code, "stderr": err.getvalue(), "stdout": out.getvalue()}), flush=True)
 """
 
 
@@ -220,8 +219,8 @@ def test_corpus_is_large_and_distinct() -> None:
     assert len(CORPUS) >= 25 and len({c.id for c in CORPUS}) == len(CORPUS)
 
 
-def test_corpus_is_refused_quickly_without_traceback(tmp_path: Path) -> None:
-    # every corpus file: exit 2 within the deadline, one line naming file, line and key, no traceback
+def test_corpus_is_refused_without_traceback(tmp_path: Path) -> None:
+    # every corpus file: exit 2 (no hang), one line naming file, line and key, no traceback
     paths = {case.id: _write(tmp_path, case) for case in CORPUS}
     proc = subprocess.run(
         [sys.executable, "-c", _DRIVER, str(DEADLINE_S), *map(str, paths.values())],
@@ -234,13 +233,12 @@ def test_corpus_is_refused_quickly_without_traceback(tmp_path: Path) -> None:
     assert set(answers) == set(paths), proc.stderr
     for case in CORPUS:
         answer = answers[case.id]
-        assert answer["seconds"] < DEADLINE_S, f"{case.id}: {answer['seconds']:.1f} s"
         _check_answer(case, paths[case.id], answer["code"], answer["stderr"], answer["stdout"])
 
 
 @pytest.mark.parametrize("case", [c for c in CORPUS if c.real], ids=lambda c: c.id)
 def test_real_executable_refuses_hostile_study(tmp_path: Path, case: Hostile) -> None:
-    # the installed `mmlo validate` answers a hostile file within the deadline: exit 2, one line, no traceback
+    # the installed `mmlo validate` answers a hostile file: exit 2, one line, no traceback
     path = _write(tmp_path, case)
     proc = subprocess.run(
         [*_mmlo(), "validate", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S
