@@ -10,7 +10,7 @@ setup`` installs mmlo editable), so that it writes into the checkout's ``tasks/o
 The index fixes, for every mode, the classes of the train, val and test splits and what each class is
 drawn from; rendered images are never committed. Its content hash (and one per mode) is recorded in the
 file and in every study's benchmark fingerprint, so results made with different indexes are never mixed.
-The recipe, per mode (see ``design/benchmark.md``):
+The recipe, per mode (see ``docs/benchmark.md``):
 
 - glyphs: letters (category L*, NFD of length 1, NFKC-stable, script not Zyyy/Zinh/Zzzz) of every font of
   fonts-noto-core, fonts-unifont (without the "Unifont Sample" and Japanese faces), fonts-freefont-ttf and
