@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 
-.PHONY: setup system study test test-fast bench gpu-check clean
+.PHONY: setup system study test test-fast lint bench gpu-check clean
 
 setup: $(VENV)/.installed system
 
@@ -42,6 +42,19 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
+# ruff over the tree; mypy over the packages, which it reads through links build/mypy/mmlo/<folder> (it cannot
+# map the mmlo namespace from package-dir), then over each test folder on its own (test folders are not
+# packages and their conftest.py files share one name); the packages' errors are reported once, by the first run.
+MYPY_PACKAGES := orchestrator models reports storage tasks
+TEST_DIRS := $(sort $(dir $(wildcard tests/*/test_*.py)))
+
+lint: setup
+	$(BIN)/ruff check .
+	@mkdir -p build/mypy/mmlo && for p in $(MYPY_PACKAGES); do ln -sfn ../../../$$p build/mypy/mmlo/$$p; done
+	$(BIN)/mypy
+	@status=0; for target in tests/conftest.py $(TEST_DIRS); do \
+		echo "mypy $$target"; $(BIN)/mypy --follow-imports=silent $$target || status=1; done; exit $$status
+
 bench: setup
 	$(BIN)/mmlo bench
 
@@ -50,4 +63,4 @@ gpu-check: setup
 	$(BIN)/python scripts/gpu-check --out gpu-check.json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache build/mypy

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import altair as alt
 import polars as pl
+
 from mmlo.reports.tables import OVERALL, TRANSFER_CLASSES
 
 #: Arm colours, in arm order (Tableau 10, then Tableau 20's lighter tones for studies with many arms).
@@ -191,7 +193,7 @@ def learning_curves_chart(curves: pl.DataFrame, style: Style) -> alt.TopLevelMix
     present = data["arm"].unique().to_list()
     iterations = sorted(set(data["iteration"].to_list()))
     # Few validations (short studies): tick exactly at them, never at fractional iterations.
-    ticks = {"values": iterations} if len(iterations) <= 10 else {}
+    ticks: dict[str, Any] = {"values": iterations} if len(iterations) <= 10 else {}
     base = alt.Chart().encode(
         x=alt.X("iteration:Q", title="meta-training iteration", axis=alt.Axis(format="d", **ticks))
     )
@@ -460,9 +462,8 @@ def parallel_chart(lines: pl.DataFrame, labels: pl.DataFrame, style: Style, axes
     lines = style.scaled(lines, ["val_metric"])
     values = lines["val_metric"].drop_nulls()
     if values.len():
-        ends = pl.DataFrame(
-            {"axis": [axes[-1]] * 2, "position": [0.0, 1.0], "label": [f"{values.min():.4g}", f"{values.max():.4g}"]}
-        )
+        low, high = cast(float, values.min()), cast(float, values.max())
+        ends = pl.DataFrame({"axis": [axes[-1]] * 2, "position": [0.0, 1.0], "label": [f"{low:.4g}", f"{high:.4g}"]})
         labels = pl.concat([labels, ends])
     x = alt.X("axis:N", sort=list(axes), title=None, axis=alt.Axis(labelAngle=0, orient="top", labelFontWeight="bold"))
     y = alt.Y("position:Q", axis=None, scale=alt.Scale(domain=[-0.05, 1.05]))

@@ -84,7 +84,7 @@ def _provenance_facts(run: RunData) -> list[Fact]:
     if wall is not None:
         facts.append(("total wall time", escape(duration(wall))))
     else:  # a session that did not finish records no total
-        total = run.trials["wall_seconds"].sum()
+        total = float(run.trials["wall_seconds"].sum())
         facts.append(("total wall time", escape(f"{duration(total)} (sum over trials; the study recorded no total)")))
     commit = _lookup(prov, "git.commit")
     if commit:

@@ -57,7 +57,8 @@ def javascript_bundle() -> str:
     """Vega, Vega-Lite and vega-embed as one script (vl-convert bundles them; ~0.9 MB, ~2 s once)."""
     import vl_convert
 
-    bundle = vl_convert.javascript_bundle(vl_version=vegalite_version())
+    # vl-convert's stub marks ``snippet`` required; it defaults to None (the library's own snippet)
+    bundle = vl_convert.javascript_bundle(vl_version=vegalite_version())  # type: ignore[call-arg]
     # The bundle is inlined in a <script> element: a literal closing tag would end it early.
     return bundle.replace("</script", "<\\/script")
 

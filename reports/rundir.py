@@ -106,7 +106,7 @@ def _search_base(spec: dict[str, Any], provenance: dict[str, Any]) -> str | None
 
 def _read_table(store: RunStore, name: str) -> pl.DataFrame | None:
     try:
-        return read_parquet(store, name)  # type: ignore[no-any-return]
+        return read_parquet(store, name)
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
         raise ReportError(
             f"{store.where(name)}: cannot read this Parquet table ({err}); re-run `mmlo study --resume`"
@@ -187,7 +187,8 @@ def load_run(run_dir: RunStore | Path | str) -> RunData:
         tuned_label(search_base, trial): trial
         for trial in trials.filter(pl.col("phase") == "confirm")["arm"].cast(pl.String).unique(maintain_order=True)
     }
-    trials, progress, episodes = (_relabel(frame, tuned) for frame in (trials, progress, episodes))
+    trials = _relabel(trials, tuned)
+    progress, episodes = (None if frame is None else _relabel(frame, tuned) for frame in (progress, episodes))
     table_trials = trials.filter(pl.col("phase").is_in(TABLE_PHASES))
     arms = _beside_base(_ordered(spec_arms, table_trials["arm"].cast(pl.String).to_list()), tuned, search_base)
     baseline = spec.get("baseline") or (spec_arms[0] if spec_arms else None)
@@ -209,9 +210,9 @@ def load_run(run_dir: RunStore | Path | str) -> RunData:
     )
 
 
-def _relabel(frame: pl.DataFrame | None, tuned: dict[str, str]) -> pl.DataFrame | None:
+def _relabel(frame: pl.DataFrame, tuned: dict[str, str]) -> pl.DataFrame:
     """``frame`` with each confirm row's arm (a search trial id) replaced by its report name."""
-    if frame is None or not tuned:
+    if not tuned:
         return frame
     names = {trial: label for label, trial in tuned.items()}
     confirm = pl.col("phase") == "confirm"

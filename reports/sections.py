@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -50,7 +50,8 @@ def _missing(run: RunData, why: str) -> str:
 
 def _ablation_html(table: pl.DataFrame, run: RunData, numbers: Numbers) -> str:
     columns = [*run.modes, OVERALL]
-    head = '<th class="name">arm</th>' + "".join(f"<th>{escape('all modes' if m == OVERALL else m)}</th>" for m in columns)
+    labels = ["all modes" if m == OVERALL else m for m in columns]
+    head = '<th class="name">arm</th>' + "".join(f"<th>{escape(label)}</th>" for label in labels)
     cells = {(r["arm"], r["mode"]): r for r in table.iter_rows(named=True)}
     body = []
     for arm in [a for a in run.arms if any((a, m) in cells for m in columns)]:
@@ -305,7 +306,8 @@ def _search_section(run: RunData, style: charts.Style, table: pl.DataFrame | Non
     }
     formats: dict[str, Any] = {
         "rank": lambda v: MISSING if v is None else str(v),
-        "trial_id": lambda v: escape(v) + (' <span class="tag">base arm\'s configuration</span>' if v in base_ids else ""),
+        "trial_id": lambda v: escape(v)
+        + (' <span class="tag">base arm\'s configuration</span>' if v in base_ids else ""),
         "val_metric": numbers,
         **{p: param_value for p in params},
     }
@@ -445,11 +447,12 @@ def _transference_section(run: RunData, style: charts.Style) -> Section | None:
         chance=style.chance,
     )
     if shares.height:
-        band = shares["neutral_band"].max()
+        band = cast(float, shares["neutral_band"].max())
         alpha = tr["alpha"].drop_nulls().unique().to_list()
         alpha_text = ", ".join(f"{a:g}" for a in alpha) or MISSING
         section.blocks.append(
-            f'<p class="caption">Look-ahead step α = {escape(alpha_text)}; neutral band |1 − LR| &lt; {escape(f"{band:g}")}; '
+            f'<p class="caption">Look-ahead step α = {escape(alpha_text)}; '
+            f'neutral band |1 − LR| &lt; {escape(f"{band:g}")}; '
             "cross-task pairs (source ≠ target task) at each trial's last measurement, pooled over seeds.</p>"
         )
         section.blocks.append(("transference-shares", charts.transference_shares_chart(shares, tstyle)))

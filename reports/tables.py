@@ -13,11 +13,13 @@ Nothing here draws; ``mmlo.reports.charts`` and ``mmlo.reports.html`` render the
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, overload
 
 import polars as pl
+
 from mmlo.reports.importance import parameter_importance
 from mmlo.reports.stats import Z95, t95
 
@@ -557,6 +559,16 @@ def search_importance(
     return parameter_importance(frame, params), iteration
 
 
+def _category_position(v: Any, choices: list[str], span: int) -> float | None:
+    """Where a categorical value sits on its axis (0 to 1), or None for a value outside the choices."""
+    return choices.index(str(v)) / span if str(v) in choices else None
+
+
+def _range_position(v: Any, to_axis: Callable[[float], float], low: float, width: float) -> float | None:
+    """Where a numeric value sits on its (possibly log-scaled) axis, 0 at ``low``."""
+    return (to_axis(float(v)) - to_axis(low)) / width
+
+
 def parallel_coordinates(
     trials: pl.DataFrame, space: Mapping[str, Mapping[str, Any]], *, metric_label: str
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -579,18 +591,16 @@ def parallel_coordinates(
             choices = [str(c) for c in spec.get("choices") or []]
             span = max(len(choices) - 1, 1)
             labels += [{"axis": param, "position": i / span, "label": c} for i, c in enumerate(choices)]
-
-            def position(v: Any, choices: list[str] = choices, span: int = span) -> float | None:
-                return choices.index(str(v)) / span if str(v) in choices else None
+            position: Callable[[Any], float | None] = functools.partial(
+                _category_position, choices=choices, span=span
+            )
         else:
             log = bool(spec.get("log"))
             low, high = float(spec["low"]), float(spec["high"])
             to_axis = math.log if log else float
             width = (to_axis(high) - to_axis(low)) or 1.0
             labels += [{"axis": param, "position": p, "label": f"{v:g}"} for p, v in ((0.0, low), (1.0, high))]
-
-            def position(v: Any, to_axis: Any = to_axis, low: float = low, width: float = width) -> float | None:
-                return (to_axis(float(v)) - to_axis(low)) / width
+            position = functools.partial(_range_position, to_axis=to_axis, low=low, width=width)
 
         for r in records:
             if r[param] is not None:

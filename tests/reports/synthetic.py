@@ -16,7 +16,7 @@ made up. ``test_synthetic.py`` checks the fixture against the sink and the prove
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def synthetic_study(name: str, metric: str, episodes: int, confirm: bool = False
     return Study.model_validate(spec)
 
 
-def frame(rows: Sequence[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def frame(rows: Sequence[dict[str, Any]], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
     """``rows`` as a table with exactly the sink's ``schema``; a row that lacks one of its columns, or has one
     the sink does not write, is an error: the fixture has drifted from the contract."""
     for row in rows:
@@ -216,9 +216,12 @@ def write_synthetic_run(
     (run / "spec.yaml").write_text(dump_study(study), encoding="utf-8")
     (run / "provenance.json").write_text(json.dumps(_provenance(study, run, modes, metric), indent=2))
 
-    searched = [search_trial(study, i, {"learner": l, "kml_variant": v, "lr": lr}) for i, (l, v, lr, *_) in
-                enumerate(SEARCH)]
+    searched = [
+        search_trial(study, i, {"learner": learner, "kml_variant": variant, "lr": lr})
+        for i, (learner, variant, lr, *_) in enumerate(SEARCH)
+    ]
     confirmed = confirm_trials(study, searched[:1]) if confirm is not None else []
+    shift = confirm or 0.0
     skill = {arm: 0.04 * i for i, arm in enumerate(ARMS)}
     base = (
         {m: 0.45 + 0.08 * i for i, m in enumerate(modes)}
@@ -232,8 +235,8 @@ def write_synthetic_run(
         final = {}
         for it in range(20, 101, 20):
             frac = it / 100
-            row = {**ids, "iteration": it, "elapsed_s": 0.3 * it, "train_loss": 1.6 - frac + 0.05 * rng.standard_normal(),
-                   "lr": 0.001}
+            loss = 1.6 - frac + 0.05 * rng.standard_normal()
+            row = {**ids, "iteration": it, "elapsed_s": 0.3 * it, "train_loss": loss, "lr": 0.001}
             for m in modes:
                 value = (
                     0.2 + (base[m] + skill[arm] - 0.2) * frac
@@ -263,7 +266,7 @@ def write_synthetic_run(
                 episode_rows.append(row)
                 for rerun in reruns:
                     episode_rows.append(
-                        {**row, **_ids(name, rerun), "value_after": after + confirm + 0.01 * rng.standard_normal()}
+                        {**row, **_ids(name, rerun), "value_after": after + shift + 0.01 * rng.standard_normal()}
                     )
         for rerun in reruns:
             trials.append(
@@ -290,17 +293,17 @@ def write_synthetic_run(
                     )
     for trial, (learner, variant, lr, state, done, reason) in zip(searched, SEARCH, strict=True):
         good = (0.1 if learner == "kml" else 0.0) + (0.03 if variant == "residual" else 0.0)
-        value = None
+        last: float | None = None
         for it in range(20, done + 1, 20):
             v = 0.3 + (0.3 + good) * it / 100
-            value = v if metric == "accuracy" else 2.0 - v
+            last = v if metric == "accuracy" else 2.0 - v
             progress.append(
                 {**_ids(name, trial), "iteration": it, "elapsed_s": 0.3 * it, "train_loss": 1.0, "lr": lr,
-                 "val_metric": value, **{f"val_{m}": value for m in modes}}
+                 "val_metric": last, **{f"val_{m}": last for m in modes}}
             )
         config = LearnerConfig(learner=learner, **({"kml_variant": variant} if variant else {}))
         trials.append(
-            _trial_row(name, trial, metric, config, lr, val_metric=None if state == "failed" else value, state=state,
+            _trial_row(name, trial, metric, config, lr, val_metric=None if state == "failed" else last, state=state,
                        failure_reason=reason, iterations_done=done)
         )
     tables = {

@@ -215,7 +215,9 @@ def test_search_outcome_in_words(make_run, shift: float, verdict: str) -> None:
     run_dir = make_run(name=f"outcome{shift}", confirm=shift)
     text = Path(write_report(run_dir)).read_text(encoding="utf-8")
     search = text[text.index('<section id="search"') : text.index('<section id="transference"')]
-    finding = re.search(r'<p class="finding">(.*?)</p>', search).group(1)
+    found = re.search(r'<p class="finding">(.*?)</p>', search)
+    assert found is not None
+    finding = found.group(1)
     assert finding.startswith(f"<strong>{verdict}</strong>")
     assert "the base arm&#x27;s own configuration (search-005) was stopped early." in finding
     assert "Its best configuration, search-000 (learner kml · kml_variant residual · lr 0.003), re-run" in finding

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+
 from mmlo.reports.importance import epsilon_squared, parameter_importance
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+
 from mmlo.reports.errors import ReportError
 from mmlo.reports.rundir import load_run
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from mmlo.reports.stats import regularized_beta, student_t_cdf, student_t_quantile, t95
 
 

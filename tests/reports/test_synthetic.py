@@ -9,11 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from synthetic import IMAGE_MODES, frame, synthetic_study
 
 from mmlo.orchestrator import provenance, sink
 from mmlo.orchestrator.spec import Study
-
-from synthetic import IMAGE_MODES, frame, synthetic_study
 
 
 # Every table has exactly the columns and types of orchestrator/sink.py, in its order.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+
 from mmlo.reports import tables
 from mmlo.reports.rundir import load_run
 from mmlo.reports.tables import OVERALL
@@ -214,7 +216,7 @@ def _search_trials() -> pl.DataFrame:
     )
 
 
-SPACE = {
+SPACE: dict[str, dict[str, Any]] = {
     "learner": {"type": "categorical", "choices": ["mprotonet", "kml"]},
     "kml_variant": {"type": "categorical", "choices": ["multiplicative", "residual"], "when": {"learner": "kml"}},
     "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
@@ -450,9 +452,10 @@ def test_transference_matrix() -> None:
 def test_tables_from_parquet(tmp_path: Path, make_run) -> None:
     run = load_run(make_run(name="parquet-check"))
     _episodes(HAND).write_parquet(Path(run.run_dir) / "episodes.parquet")
-    again = load_run(run.run_dir)
+    episodes = load_run(run.run_dir).table_episodes()
+    assert episodes is not None
     table = tables.ablation_table(
-        again.table_episodes(), arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True
+        episodes, arms=["A", "B"], modes=["m1", "m2"], baseline="A", higher_is_better=True
     )
     assert _cell(table, "B", "m1")["diff"] == pytest.approx(0.4 / 3)
 
@@ -502,7 +505,8 @@ def test_pareto_front() -> None:
 def _outcome(diffs: list[float], base_point: dict | None) -> tables.SearchOutcome:
     """B is the base arm, 'B, tuned (t02)' its confirmed configuration, ahead of B by ``diffs`` on m1."""
     b = [0.5, 0.6, 0.7]
-    values = {("B", s, "m1"): b for s in (0, 1)} | {("T", s, "m1"): [x + d for x, d in zip(b, diffs)] for s in (0, 1)}
+    tuned = [x + d for x, d in zip(b, diffs, strict=True)]
+    values = {("B", s, "m1"): b for s in (0, 1)} | {("T", s, "m1"): tuned for s in (0, 1)}
     episodes = _episodes(values).with_columns(arm=pl.col("arm").replace({"T": "B, tuned (t02)"}))
     table = tables.ablation_table(
         episodes, arms=["B", "B, tuned (t02)"], modes=["m1"], baseline="B", higher_is_better=True
