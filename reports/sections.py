@@ -41,6 +41,11 @@ def build_sections(run: RunData) -> list[Section]:
     return sections
 
 
+def _subsection(title: str, caption: str) -> str:
+    """A heading inside a section and its caption (``caption`` is HTML)."""
+    return f'<h3>{escape(title)}</h3><p class="caption">{caption}</p>'
+
+
 def _missing(run: RunData, why: str) -> str:
     """The note shown in place of an ablation section without data: a search-only study, or ``why``."""
     ran = run.trials["phase"].is_in(TABLE_PHASES).any()
@@ -138,12 +143,15 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
     bars_section.blocks.append(("mode-bars", charts.mode_bars(table, style)))
     adaptation = tables.adaptation_table(episodes, arms=run.arms, modes=run.modes)
     if adaptation.height:
-        bars_section.blocks.append(
-            '<h3>Before vs after adaptation</h3><p class="caption">Hollow circle: the metric of the meta-learned '
-            "initialisation on the query set before any inner-loop step; triangle: after adaptation on the "
-            "support set. Arms without a pre-adaptation value (ProtoNet family) are not shown.</p>"
+        caption = (
+            "Hollow circle: the metric of the meta-learned initialisation on the query set before any inner-loop "
+            "step; triangle: after adaptation on the support set. Arms without a pre-adaptation value (ProtoNet "
+            "family) are not shown."
         )
-        bars_section.blocks.append(("adaptation", charts.adaptation_chart(adaptation, style)))
+        bars_section.blocks += [
+            _subsection("Before vs after adaptation", caption),
+            ("adaptation", charts.adaptation_chart(adaptation, style)),
+        ]
     return [table_section, bars_section], table
 
 
@@ -253,13 +261,14 @@ def _search_section(run: RunData, style: charts.Style, table: pl.DataFrame | Non
         on_front = front.filter(pl.col("on_front"))["trial_id"].to_list()
         words = charts.COST_WORDS.get(cost, cost)
         section.blocks.append(
-            f"<h3>Pareto front: validation {escape(style.metric_label)} against {escape(words)}</h3>"
-            f'<p class="caption">The search optimised two objectives (validation {escape(style.metric_label)} and '
-            f"<code>{escape(cost)}</code>) with Optuna's "
-            "multi-objective TPE. Red diamonds: full-budget trials no other full-budget trial beats on both "
-            "(the front, joined by the staircase of what each cost buys); blue: dominated; grey: stopped "
-            "early, from a shorter budget, never on the front. "
-            f"On the front: {escape(', '.join(on_front) or 'no trial')}.</p>"
+            _subsection(
+                f"Pareto front: validation {style.metric_label} against {words}",
+                f"The search optimised two objectives (validation {escape(style.metric_label)} and "
+                f"<code>{escape(cost)}</code>) with Optuna's multi-objective TPE. Red diamonds: full-budget trials "
+                "no other full-budget trial beats on both (the front, joined by the staircase of what each cost "
+                "buys); blue: dominated; grey: stopped early, from a shorter budget, never on the front. "
+                f"On the front: {escape(', '.join(on_front) or 'no trial')}.",
+            )
         )
         if front.height:
             section.blocks.append(("search-pareto", charts.pareto_chart(front, cost, style)))
@@ -271,10 +280,13 @@ def _search_section(run: RunData, style: charts.Style, table: pl.DataFrame | Non
         else "final values of the full-budget trials"
     )
     section.blocks.append(
-        '<h3>Parameter importance</h3><p class="caption">Share of the variance of the validation '
-        f"{escape(run.metric_name)} ({escape(when)}) that each parameter explains on its own (adjusted correlation "
-        "ratio ε²: 0 = no detectable effect, 1 = explains everything; a conditional parameter counts only "
-        "the trials that sampled it). With few trials these are rough.</p>"
+        _subsection(
+            "Parameter importance",
+            f"Share of the variance of the validation {escape(run.metric_name)} ({escape(when)}) that each "
+            "parameter explains on its own (adjusted correlation ratio ε²: 0 = no detectable effect, 1 = explains "
+            "everything; a conditional parameter counts only the trials that sampled it). With few trials these "
+            "are rough.",
+        )
     )
     if usable.height:
         section.blocks.append(("search-importance", charts.importance_chart(usable)))
@@ -284,17 +296,23 @@ def _search_section(run: RunData, style: charts.Style, table: pl.DataFrame | Non
         )
     lines, labels = tables.parallel_coordinates(run.trials, space, metric_label=run.metric_name)
     if lines.height:
-        section.blocks.append(
-            '<h3>Parallel coordinates</h3><p class="caption">One line per trial through its parameter values '
-            "(numeric axes span the search range, log-scaled where searched so), ending at its validation "
-            "metric; colour: validation metric (yellow is best); dashed: stopped early.</p>"
+        caption = (
+            "One line per trial through its parameter values (numeric axes span the search range, log-scaled "
+            "where searched so), ending at its validation metric; colour: validation metric (yellow is best); "
+            "dashed: stopped early."
         )
         axes = [p for p in params if p in set(lines["axis"].to_list())] + [run.metric_name]
-        section.blocks.append(("search-parallel", charts.parallel_chart(lines, labels, style, axes)))
+        section.blocks += [
+            _subsection("Parallel coordinates", caption),
+            ("search-parallel", charts.parallel_chart(lines, labels, style, axes)),
+        ]
     best = tables.best_configurations(run.trials, params, higher_is_better=run.higher_is_better)
     section.blocks.append(
-        '<h3>Best configurations</h3><p class="caption">Full-budget trials ranked by validation metric; '
-        "early-stopped trials follow unranked, marked with the iterations they ran.</p>"
+        _subsection(
+            "Best configurations",
+            "Full-budget trials ranked by validation metric; early-stopped trials follow unranked, marked with "
+            "the iterations they ran.",
+        )
     )
     numbers = Numbers(run.metric_name, best["val_metric"].to_list())
     headers = {
@@ -485,12 +503,14 @@ def _transference_section(run: RunData, style: charts.Style) -> Section | None:
         section.blocks.append(("transference-histograms", charts.transference_histogram_chart(hist, tstyle)))
     matrix = tables.transference_matrix(tr, arms=transfer_arms, modes=run.modes)
     if matrix.height:
-        section.blocks.append(
-            '<h3>Mode × mode transference over training</h3><p class="caption">Mean LR of source tasks of '
-            "one mode (rows) on target tasks of another (columns), per arm (rows of panels) and measurement "
-            "iteration (columns of panels); blue cells help, red cells hurt.</p>"
+        caption = (
+            "Mean LR of source tasks of one mode (rows) on target tasks of another (columns), per arm (rows of "
+            "panels) and measurement iteration (columns of panels); blue cells help, red cells hurt."
         )
-        section.blocks.append(("transference-matrix", charts.transference_matrix_chart(matrix, tstyle)))
+        section.blocks += [
+            _subsection("Mode × mode transference over training", caption),
+            ("transference-matrix", charts.transference_matrix_chart(matrix, tstyle)),
+        ]
     return section
 
 
