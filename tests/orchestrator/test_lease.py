@@ -19,7 +19,6 @@ from mmlo.orchestrator.spec import parse_study
 from mmlo.storage import RunStore
 
 
-
 def elsewhere(heartbeat_age_s: float) -> Holder:
     """A driver on another machine whose last heartbeat was ``heartbeat_age_s`` ago."""
     now = time.time()

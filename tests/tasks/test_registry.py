@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from mmlo.tasks.config import BenchmarkConfig
-from mmlo.tasks.regression import RegressionBenchmark
 from mmlo.tasks.registry import benchmark_kind, benchmark_modes, benchmark_names, get_benchmark
+from mmlo.tasks.regression import RegressionBenchmark
 
 
 def test_kinds_and_names_without_building_data() -> None:
