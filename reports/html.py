@@ -311,6 +311,7 @@ def _ablation_html(table: pl.DataFrame, run: RunData, numbers: _Numbers) -> str:
     columns = [*run.modes, OVERALL]
     head = '<th class="name">arm</th>' + "".join(f"<th>{_e('all modes' if m == OVERALL else m)}</th>" for m in columns)
     cells = {(r["arm"], r["mode"]): r for r in table.iter_rows(named=True)}
+    budgets = tables.arm_budgets(run.trials, arms=run.arms)
     body = []
     for arm in [a for a in run.arms if any((a, m) in cells for m in columns)]:
         label = _e(arm) + (' <span class="tag">baseline</span>' if arm == run.baseline else "")
@@ -320,6 +321,8 @@ def _ablation_html(table: pl.DataFrame, run: RunData, numbers: _Numbers) -> str:
                 f'{_e(arm)}<span class="sub wrap"><span class="tag tuned">search, confirmed</span> '
                 f"{_e(values)}</span>"
             )
+        if arm in budgets:
+            label += f'<span class="sub">{_e(budgets[arm])}</span>'
         row = [f'<td class="name">{label}</td>']
         for mode in columns:
             r = cells.get((arm, mode))
@@ -370,7 +373,9 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
         f"below it mean ± t-interval over the training seeds, and Δ, the paired difference to the baseline "
         f"arm with its 95 % CI (green: better beyond the CI, red: worse). Shaded: best in its column. "
         f"A search configuration confirmed with every seed at the full budget sits right below the arm the "
-        f"search started from, and its Δ is paired against that arm.",
+        f"search started from, and its Δ is paired against that arm. Under each arm's name: its training budget. "
+        f"Above the table, in words: each modulated arm against the unmodulated arm of the same base learner "
+        f"that shares most of its settings, all modes pooled, and whether that paired interval excludes zero.",
     )
     bars_section = Section(
         "modes",
@@ -392,6 +397,10 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
         references=run.references,
     )
     numbers = _Numbers(run.metric_name, table["mean"].to_list())
+    effects = tables.modulation_effects(episodes, run.trials, arms=run.arms, higher_is_better=run.higher_is_better)
+    if effects:
+        items = "".join(f"<li>{_e(tables.effect_sentence(e, run.metric_name))}</li>" for e in effects)
+        table_section.blocks.append(f'<h3>Each modulation against its unmodulated base</h3><ul class="effects">{items}</ul>')
     table_section.blocks.append(_ablation_html(table, run, numbers))
     bars_section.blocks.append(("mode-bars", charts.mode_bars(table, style)))
     adaptation = tables.adaptation_table(episodes, arms=run.arms, modes=run.modes)

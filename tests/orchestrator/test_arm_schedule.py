@@ -110,3 +110,13 @@ def test_kml_sources_study_is_valid() -> None:
     published = short.learner_config(short.arm("KML published"))
     assert (published.transductive, published.query_embedding, published.kml_init) == (True, True, "authors")
     assert short.baseline_arm == "ProtoNet"
+
+
+def test_validate_summary_shows_an_arms_own_schedule(tmp_path: Path) -> None:
+    # `mmlo validate` prints the arm's decay and iterations where they differ from the study's
+    from mmlo.orchestrator.summary import summarize
+
+    study = _load(tmp_path, TWO_PROTOCOLS)
+    lines = {line.split()[0]: line for line in summarize(study, "x.yaml").splitlines() if line.startswith("    ")}
+    assert lines["KML"].endswith("lr=0.001 (x0.5 every 100) iterations=300")
+    assert lines["MAML"].endswith("lr=0.001")
