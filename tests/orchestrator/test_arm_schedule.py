@@ -120,3 +120,14 @@ def test_validate_summary_shows_an_arms_own_schedule(tmp_path: Path) -> None:
     lines = {line.split()[0]: line for line in summarize(study, "x.yaml").splitlines() if line.startswith("    ")}
     assert lines["KML"].endswith("lr=0.001 (x0.5 every 100) iterations=300")
     assert lines["MAML"].endswith("lr=0.001")
+
+
+def test_arms_set_their_own_architecture(tmp_path: Path) -> None:
+    # architecture keys are learner settings, so an arm overrides the study's model block with its own
+    text = TWO_PROTOCOLS.replace("benchmark: {name: regression2, shots: 5, query: 5}", "benchmark: {name: offline4}")
+    text = text.replace("{name: MAML, learner: maml}", "{name: MAML, learner: maml, downsample: stride, channels: [8, 8]}")
+    text += "model: {channels: [16, 16, 16, 16], downsample: maxpool}\n"
+    study = _load(tmp_path, text)
+    maml, kml = (study.learner_config(arm) for arm in study.arms)
+    assert (maml.downsample, maml.channels) == ("stride", [8, 8])
+    assert (kml.downsample, kml.channels) == ("maxpool", [16, 16, 16, 16])
