@@ -110,6 +110,15 @@ class LearnerConfig(BaseModel):
             "images, as the KML authors' code does; default off (υ from the support set for both passes)."
         ),
     )
+    kml_init: Literal["identity", "authors"] = Field(
+        "identity",
+        description=(
+            "KML: how the generator heads start. identity (mmlo): their biases make every task start at the "
+            "unmodulated network (M = 1 multiplicative, M = 0 residual, Δb = 0). authors (KML paper's code, "
+            "KML-Classification): plain linear heads at PyTorch's default initialisation, so every task starts "
+            "at a small random modulation (M = g1 ⊗ g2 of two small random vectors)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_base(self) -> LearnerConfig:

@@ -66,6 +66,7 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
         cfg.embedding_dim,
         variant=cfg.kml_variant,
         rank=cfg.kml_rank,
+        kml_init=cfg.kml_init,
     )
     encoder = None
     if modulation is not None:

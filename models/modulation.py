@@ -27,6 +27,9 @@ from torch import nn
 
 from mmlo.models.base import Params
 
+#: How KML's generator heads start (``LearnerConfig.kml_init``).
+KML_INITS = ("identity", "authors")
+
 
 @dataclass(frozen=True)
 class LayerShape:
@@ -179,9 +182,13 @@ class KernelModulation(Modulation):
     the kernel), ``Δb = g3(υ)``; ``multiplicative``: ``W' = W ⊙ M`` (the authors' code), ``residual``:
     ``W' = W ⊙ (J + M)`` (the paper's equation); ``b' = b + Δb``. g1, g2, g3 are single linear heads.
 
-    Initialisation starts every task at the unmodulated network in expectation: the heads' weights use
-    PyTorch's default (random, which also makes the r components differ), their biases make
-    ``M = 1`` (multiplicative) or ``M = 0`` (residual) and ``Δb = 0``.
+    Initialisation (``init``): the heads' weights always use PyTorch's default, U(±1/√fan_in), which also
+    makes the r components differ. With ``identity`` (mmlo's default) their biases start every task at the
+    unmodulated network in expectation: ``M = 1`` (multiplicative) or ``M = 0`` (residual) and ``Δb = 0``.
+    With ``authors`` (the KML authors' code, whose heads are plain linear layers) the biases keep PyTorch's
+    default too, so g1 and g2 start as small random vectors: the multiplicative ``M = g1 ⊗ g2`` is a small
+    random mask around 0 (every kernel element scaled by a small random factor of either sign, which the
+    following BatchNorm rescales), the residual ``J + M`` a small random perturbation of 1, ``Δb`` small.
     """
 
     name = "kml"
@@ -194,27 +201,36 @@ class KernelModulation(Modulation):
         *,
         variant: str = "multiplicative",
         rank: int = 1,
+        init: str = "identity",
     ) -> None:
         super().__init__(shapes, layers, embedding_dim)
         if variant not in ("multiplicative", "residual"):
             raise ValueError(f"unknown KML variant '{variant}'")
         if rank < 1:
             raise ValueError("KML rank must be >= 1")
+        if init not in KML_INITS:
+            raise ValueError(f"unknown KML initialisation '{init}'; choose one of {', '.join(KML_INITS)}")
         self.variant = variant
         self.rank = rank
+        self.init = init
         self.g1 = nn.ModuleDict()
         self.g2 = nn.ModuleDict()
         self.g3 = nn.ModuleDict()
-        factor_bias = rank**-0.5
         for i in self.layers:
             v, u = shapes[i].factors
             g1, g2 = nn.Linear(embedding_dim, rank * v), nn.Linear(embedding_dim, rank * u)
             g3 = nn.Linear(embedding_dim, shapes[i].channels)
-            with torch.no_grad():
-                g1.bias.fill_(factor_bias if variant == "multiplicative" else 0.0)
-                g2.bias.fill_(factor_bias)
-                g3.bias.zero_()
+            if init == "identity":
+                self._start_at_identity(g1, g2, g3)
             self.g1[str(i)], self.g2[str(i)], self.g3[str(i)] = g1, g2, g3
+
+    def _start_at_identity(self, g1: nn.Linear, g2: nn.Linear, g3: nn.Linear) -> None:
+        """Biases that make ``M = Σ_k (r^-½)(r^-½) = 1`` (multiplicative) or ``M = 0`` (residual), ``Δb = 0``."""
+        factor_bias = self.rank**-0.5
+        with torch.no_grad():
+            g1.bias.fill_(factor_bias if self.variant == "multiplicative" else 0.0)
+            g2.bias.fill_(factor_bias)
+            g3.bias.zero_()
 
     @property
     def outputs(self) -> int:
@@ -251,13 +267,14 @@ def build_modulation(
     *,
     variant: str = "multiplicative",
     rank: int = 1,
+    kml_init: str = "identity",
 ) -> Modulation | None:
     """The generator for modulation ``name`` (None for ``none``); ``layers`` None means every layer."""
     chosen = tuple(range(len(shapes))) if layers is None else tuple(layers)
     if name == "none":
         return None
     if name == "kml":
-        return KernelModulation(shapes, chosen, embedding_dim, variant=variant, rank=rank)
+        return KernelModulation(shapes, chosen, embedding_dim, variant=variant, rank=rank, init=kml_init)
     kinds: dict[str, type[_ChannelModulation]] = {
         "film": FiLM,
         "sigmoid": SigmoidModulation,

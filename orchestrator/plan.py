@@ -114,7 +114,7 @@ def search_base(study: Study) -> str | None:
 
 def search_iterations(study: Study) -> int:
     assert study.search is not None
-    return study.search.iterations or study.budget.iterations
+    return study.search.iterations or study.arm_iterations(base_arm(study, search_base(study)))
 
 
 def search_seed(study: Study) -> int:
@@ -128,11 +128,11 @@ def reports_per_trial(iterations: int, val_interval: int) -> int:
 
 
 def ablation_trials(study: Study) -> list[TrialSpec]:
-    """Every arm x every seed at the full budget, in the spec's order."""
+    """Every arm x every seed at its full budget (its own train.iterations, else the study's), in order."""
     if "ablation" not in study.resolved_phases:
         return []
     return [
-        TrialSpec(f"ablation-{i:02d}-s{seed}", "ablation", arm.name, seed, study.budget.iterations)
+        TrialSpec(f"ablation-{i:02d}-s{seed}", "ablation", arm.name, seed, study.arm_iterations(arm))
         for i, arm in enumerate(study.arms)
         for seed in study.seeds
     ]
@@ -147,14 +147,14 @@ def search_trial(study: Study, number: int, params: dict[str, Any]) -> TrialSpec
 
 
 def confirm_trials(study: Study, best: list[TrialSpec]) -> list[TrialSpec]:
-    """The best search trials (best first) re-run with every study seed at the full budget."""
+    """The best search trials (best first) re-run with every study seed at the base arm's full budget."""
     return [
         TrialSpec(
             f"confirm-{source.trial_id}-s{seed}",
             "confirm",
             source.trial_id,
             seed,
-            study.budget.iterations,
+            study.arm_iterations(base_arm(study, source.base)),
             dict(source.overrides),
             source.base,
         )

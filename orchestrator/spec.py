@@ -57,8 +57,16 @@ def _subset(name: str, source: type[BaseModel], names: tuple[str, ...], *, optio
 TrainSettings = _subset(
     "TrainSettings", TrainConfig, TRAIN_FIELDS, optional=False, doc="Outer-loop optimiser settings."
 )
+#: What an arm's own ``train`` block may set: the optimiser settings and its own length, so that one study can
+#: hold each paper's arms with their own schedule (KML's ProtoNet family: 30,000 iterations with the learning
+#: rate halved every 10,000; MMAML's MAML family: 60,000 at a constant rate).
+ARM_TRAIN_FIELDS = (*TRAIN_FIELDS, "iterations")
 TrainOverrides = _subset(
-    "TrainOverrides", TrainConfig, TRAIN_FIELDS, optional=True, doc="Per-arm optimiser overrides."
+    "TrainOverrides",
+    TrainConfig,
+    ARM_TRAIN_FIELDS,
+    optional=True,
+    doc="Per-arm training schedule: optimiser settings and iterations that differ from the study's.",
 )
 Budget = _subset("Budget", TrainConfig, BUDGET_FIELDS, optional=False, doc="Training and evaluation budget.")
 LearnerDefaults = _subset(
@@ -78,7 +86,13 @@ class Arm(_ArmBase):  # type: ignore[misc, valid-type]
 
     name: str = Field(..., min_length=1, max_length=60, description="Arm name shown in tables and charts.")
     train: TrainOverrides | None = Field(  # type: ignore[valid-type]
-        None, description="Optimiser settings that differ from the study's 'train' block for this arm."
+        None,
+        description=(
+            "This arm's training schedule where it differs from the study's: optimiser settings (lr, "
+            "lr_decay_every, lr_decay_factor, grad_clip, meta_batch) over the 'train' block, and 'iterations' "
+            "over budget.iterations (e.g. the KML paper's ProtoNet arms: {iterations: 30000, lr_decay_every: "
+            "10000} next to MMAML's 60,000-iteration MAML arms). The report shows every arm's budget."
+        ),
     )
 
     @field_validator("name")
@@ -165,7 +179,11 @@ class Search(BaseModel):
     )
     seed: int | None = Field(None, description="Training seed of search trials (default: the first seed).")
     iterations: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="Training iterations per search trial (default: budget.iterations)."
+        None,
+        description=(
+            "Training iterations per search trial (default: the base arm's, i.e. its train.iterations or "
+            "budget.iterations)."
+        ),
     )
     max_concurrent: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Concurrent search trials (default: resources.max_concurrent)."
@@ -255,7 +273,8 @@ class Confirm(BaseModel):
     top_k: Annotated[int, Field(ge=1)] = Field(
         1,
         description=(
-            "How many of the best full-budget search trials to re-run with every seed at budget.iterations. "
+            "How many of the best full-budget search trials to re-run with every seed at the base arm's "
+            "iterations (its train.iterations, else budget.iterations). "
             "A trial whose configuration is the base arm's own is passed over when the ablation phase runs "
             "that arm: its re-run would repeat the base arm's trials exactly."
         ),
@@ -411,7 +430,10 @@ class Study(BaseModel):
         if not self.resolved_phases:
             raise ValueError("the study has nothing to run: add 'arms' or a 'search' block")
         if self.search is not None and self.scheduler.type == "asha" and self.scheduler.grace_period is not None:
-            iterations = self.search.iterations or self.budget.iterations
+            base = self.search.base or (self.arms[0].name if self.arms else None)
+            iterations = self.search.iterations or self.arm_iterations(
+                next((a for a in self.arms if a.name == base), None)
+            )
             validations = math.ceil(iterations / self.budget.val_interval)
             if self.scheduler.grace_period > validations:
                 raise ValueError(
@@ -425,6 +447,12 @@ class Study(BaseModel):
                 f"({self.budget.iterations}): the trial would never validate"
             )
         for i, arm in enumerate(self.arms):
+            own = arm.train.iterations if arm.train is not None else None
+            if own is not None and self.budget.val_interval > own:
+                raise ValueError(
+                    f"arms.{i}.train.iterations: {own} iterations, fewer than budget.val_interval "
+                    f"({self.budget.val_interval}): arm '{arm.name}' would never validate"
+                )
             try:
                 self.learner_config(arm)
             except ValidationError as err:
@@ -473,6 +501,11 @@ class Study(BaseModel):
         fields = {**self.model.model_dump(exclude_none=True), **arm.learner_fields()}
         learner_overrides = {k: v for k, v in (overrides or {}).items() if k in LearnerConfig.model_fields}
         return LearnerConfig(**{**fields, **learner_overrides})
+
+    def arm_iterations(self, arm: Arm | None) -> int:
+        """The arm's training length: its own ``train.iterations``, else ``budget.iterations``."""
+        own = arm.train.iterations if arm is not None and arm.train is not None else None
+        return own if own is not None else self.budget.iterations
 
     def train_config(
         self, arm: Arm | None, seed: int, overrides: dict[str, Any] | None = None, iterations: int | None = None

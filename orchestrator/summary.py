@@ -89,6 +89,10 @@ def summarize(study: Study, file: Path | str) -> str:
             if cfg.base_algorithm == "maml":
                 detail += f" inner_lr={cfg.inner_lr:g} x{cfg.inner_steps}"
             detail += f" lr={train.lr:g}"
+            if train.lr_decay_every is not None:
+                detail += f" (x{train.lr_decay_factor:g} every {train.lr_decay_every})"
+            if train.iterations != budget.iterations:
+                detail += f" iterations={train.iterations}"
             lines.append(f"    {arm.name:<{width}}  {detail}")
     if study.search is not None:
         from mmlo.orchestrator.plan import search_base, search_iterations

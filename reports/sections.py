@@ -58,6 +58,7 @@ def _ablation_html(table: pl.DataFrame, run: RunData, numbers: Numbers) -> str:
     labels = ["all modes" if m == OVERALL else m for m in columns]
     head = '<th class="name">arm</th>' + "".join(f"<th>{escape(label)}</th>" for label in labels)
     cells = {(r["arm"], r["mode"]): r for r in table.iter_rows(named=True)}
+    budgets = tables.arm_budgets(run.trials, arms=run.arms)
     body = []
     for arm in [a for a in run.arms if any((a, m) in cells for m in columns)]:
         label = escape(arm) + (' <span class="tag">baseline</span>' if arm == run.baseline else "")
@@ -67,6 +68,8 @@ def _ablation_html(table: pl.DataFrame, run: RunData, numbers: Numbers) -> str:
                 f'{escape(arm)}<span class="sub wrap"><span class="tag tuned">search, confirmed</span> '
                 f"{escape(values)}</span>"
             )
+        if arm in budgets:
+            label += f'<span class="sub">{escape(budgets[arm])}</span>'
         row = [f'<td class="name">{label}</td>']
         for mode in columns:
             r = cells.get((arm, mode))
@@ -117,7 +120,9 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
         f"below it mean ± t-interval over the training seeds, and Δ, the paired difference to the baseline "
         f"arm with its 95 % CI (green: better beyond the CI, red: worse). Shaded: best in its column. "
         f"A search configuration confirmed with every seed at the full budget sits right below the arm the "
-        f"search started from, and its Δ is paired against that arm.",
+        f"search started from, and its Δ is paired against that arm. Under each arm's name: its training budget. "
+        f"Above the table, in words: each modulated arm against the unmodulated arm of the same base learner "
+        f"that shares most of its settings, all modes pooled, and whether that paired interval excludes zero.",
     )
     bars_section = Section(
         "modes",
@@ -139,6 +144,12 @@ def _ablation_sections(run: RunData, style: charts.Style) -> tuple[list[Section]
         references=run.references,
     )
     numbers = Numbers(run.metric_name, table["mean"].to_list())
+    effects = tables.modulation_effects(episodes, run.trials, arms=run.arms, higher_is_better=run.higher_is_better)
+    if effects:
+        items = "".join(f"<li>{escape(tables.effect_sentence(e, run.metric_name))}</li>" for e in effects)
+        table_section.blocks.append(
+            f'<h3>Each modulation against its unmodulated base</h3><ul class="effects">{items}</ul>'
+        )
     table_section.blocks.append(_ablation_html(table, run, numbers))
     bars_section.blocks.append(("mode-bars", charts.mode_bars(table, style)))
     adaptation = tables.adaptation_table(episodes, arms=run.arms, modes=run.modes)

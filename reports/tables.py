@@ -720,3 +720,130 @@ def transference_matrix(transference: pl.DataFrame, *, arms: Sequence[str], mode
         mean_lr=pl.col("lr").mean(), n=pl.len().cast(pl.Int64)
     )
     return matrix.sort([_rank("arm", arms), "iteration", _rank("source_mode", modes), _rank("target_mode", modes)])
+
+
+#: Settings that make a learner modulated, or that only a modulated learner reads: left out when looking for
+#: the unmodulated arm that is "the same learner without the modulation".
+_MODULATION_SETTINGS = frozenset(
+    {"learner", "modulation", "base", "kml_variant", "kml_rank", "kml_init", "modulated_layers", "embedding_dim",
+     "encoder", "query_embedding", "seed", "eval_seed"}
+)
+
+
+def _arm_settings(trials: pl.DataFrame, arms: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each ablation arm's recorded ``cfg_*`` settings (its first trial's; seeds do not change them)."""
+    if "phase" not in trials.columns:
+        return {}
+    rows = trials.filter(pl.col("phase") == "ablation").unique(subset=["arm"], keep="first", maintain_order=True)
+    columns = [c for c in rows.columns if c.startswith("cfg_")]
+    settings = {r["arm"]: {c.removeprefix("cfg_"): r[c] for c in columns} for r in rows.iter_rows(named=True)}
+    return {arm: settings[arm] for arm in arms if arm in settings}
+
+
+def unmodulated_bases(trials: pl.DataFrame, *, arms: Sequence[str]) -> dict[str, str]:
+    """For each modulated ablation arm, the unmodulated arm it is measured against.
+
+    A modulated arm (recorded ``cfg_modulation`` other than none) is paired with an arm of the same base
+    algorithm (``cfg_base``: maml | protonet) without modulation and not an oracle (``multi_*``): of those,
+    the one that shares most of its other settings (so KML with transductive prototypes is measured against
+    ProtoNet with them, when the study has that arm), the first in the study's order on a tie. Arms whose
+    trials did not record these settings, or without such a base in the study, get none.
+    """
+    settings = _arm_settings(trials, arms)
+    bases: dict[str, str] = {}
+    for arm, own in settings.items():
+        if own.get("modulation") in (None, "none") or own.get("base") is None:
+            continue
+        candidates = [
+            other
+            for other, theirs in settings.items()
+            if theirs.get("modulation") == "none"
+            and theirs.get("base") == own["base"]
+            and not str(theirs.get("learner", "")).startswith("multi_")
+        ]
+        if not candidates:
+            continue
+
+        def shared(other: str) -> int:
+            theirs = settings[other]
+            return sum(1 for k, v in own.items() if k not in _MODULATION_SETTINGS and theirs.get(k) == v)
+
+        bases[arm] = max(candidates, key=lambda other: (shared(other), -candidates.index(other)))
+    return bases
+
+
+class ModulationEffect(NamedTuple):
+    """A modulated arm against its unmodulated base, over every mode's shared test episodes."""
+
+    arm: str
+    base: str
+    diff: float
+    half: float | None
+    n_paired: int
+    #: 'better' or 'worse' when the paired 95 % interval excludes zero, else 'no difference shown'.
+    verdict: str
+
+
+def modulation_effects(
+    episodes: pl.DataFrame, trials: pl.DataFrame, *, arms: Sequence[str], higher_is_better: bool
+) -> list[ModulationEffect]:
+    """Each modulated arm minus its unmodulated base (:func:`unmodulated_bases`), paired over shared test
+    episodes (all modes pooled), with its 95 % interval and whether that interval excludes zero."""
+    bases = unmodulated_bases(trials, arms=arms)
+    if not bases:
+        return []
+    pairs = paired_differences(episodes, None, bases).filter(pl.col("mode") == OVERALL)
+    found = {r["arm"]: r for r in pairs.iter_rows(named=True)}
+    effects = []
+    for arm in arms:
+        row = found.get(arm)
+        if row is None or row["diff"] is None:
+            continue
+        diff, half = float(row["diff"]), row["diff_ci95"]
+        verdict = "no difference shown"
+        if half is not None and math.isfinite(half) and abs(diff) > half:
+            verdict = "better" if (diff > 0) == higher_is_better else "worse"
+        effects.append(ModulationEffect(arm, bases[arm], diff, half, int(row["n_paired"]), verdict))
+    return effects
+
+
+def effect_sentence(effect: ModulationEffect, metric_name: str) -> str:
+    """One modulation's result in words, e.g. 'KML vs ProtoNet: +3.10 ± 1.20 accuracy points (paired 95 % CI
+    over 600 shared test episodes); the interval excludes zero: KML is better.'"""
+    percent = metric_name == "accuracy"
+    scale, unit = (100.0, "accuracy points") if percent else (1.0, metric_name.upper() if metric_name == "mse" else metric_name)
+    digits = 2 if percent else 4
+    interval = f"{effect.diff * scale:+.{digits}f}"
+    if effect.half is not None and math.isfinite(effect.half):
+        interval += f" ± {effect.half * scale:.{digits}f}"
+    head = (
+        f"{effect.arm} vs {effect.base}: {interval} {unit} (paired 95 % CI over {effect.n_paired} shared test "
+        "episodes); "
+    )
+    if effect.verdict == "no difference shown":
+        return head + f"the interval includes zero: no difference from {effect.base} is shown."
+    return head + f"the interval excludes zero: {effect.arm} is {effect.verdict} than {effect.base}."
+
+
+def _count_text(n: int) -> str:
+    return f"{n:,}"
+
+
+def arm_budgets(trials: pl.DataFrame, *, arms: Sequence[str]) -> dict[str, str]:
+    """Each ablation arm's training budget in words: iterations, outer learning rate and its step decay,
+    e.g. '30,000 iterations · lr 0.001, halved every 10,000' (from the trials' recorded settings)."""
+    settings = _arm_settings(trials, arms)
+    out: dict[str, str] = {}
+    for arm, cfg in settings.items():
+        iterations = cfg.get("iterations")
+        if iterations is None:
+            continue
+        text = f"{_count_text(int(iterations))} iterations"
+        if cfg.get("lr") is not None:
+            text += f" · lr {float(cfg['lr']):g}"
+            every, factor = cfg.get("lr_decay_every"), cfg.get("lr_decay_factor")
+            if every is not None:
+                factor_text = "halved" if factor == 0.5 else f"× {float(factor or 1):g}"
+                text += f", {factor_text} every {_count_text(int(every))}"
+        out[arm] = text
+    return out

@@ -441,3 +441,11 @@ def test_query_embedding_modulates_the_query_pass_with_the_querys_own_upsilon() 
         torch.testing.assert_close(out.loss[t], torch.nn.functional.cross_entropy(logits, batch.query_y[t]))
     default, _ = _tiny("classification", learner="kml")
     assert not torch.allclose(default.task_outputs(params, batch).loss, out.loss)
+
+
+def test_kml_init_option_builds_the_authors_generator() -> None:
+    # LearnerConfig(kml_init='authors') builds KML heads at PyTorch's default, identity ones at M = 1
+    benchmark = TinyBenchmark("classification")
+    for init in ("identity", "authors"):
+        learner = build_learner(LearnerConfig(learner="kml", channels=[4, 4], kml_init=init), benchmark)  # type: ignore[arg-type]
+        assert learner.modulation is not None and learner.modulation.init == init  # type: ignore[attr-defined]

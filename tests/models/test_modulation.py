@@ -146,6 +146,37 @@ def test_kml_starts_at_the_identity_in_expectation() -> None:
         torch.testing.assert_close(tau.bias, torch.zeros(1, 5))
 
 
+def test_kml_authors_init_starts_at_small_random_modulations() -> None:
+    # kml_init authors (KML-Classification's plain linear heads): with υ = 0 the heads output their default
+    # biases, each in U(±1/√E), so M = g1 ⊗ g2 has entries of both signs and |M| <= 1/E, far from the identity;
+    # the heads' weights are the same draws as with identity (only the biases differ).
+    shape = LayerShape((16, 12), (16, 12))
+    embedding_dim = 32
+    zero = torch.zeros(1, embedding_dim)
+    torch.manual_seed(3)
+    authors = KernelModulation([shape], [0], embedding_dim, init="authors")
+    torch.manual_seed(3)
+    identity = KernelModulation([shape], [0], embedding_dim)
+    tau = authors(zero)[0]
+    assert tau is not None and tau.kernel is not None and tau.bias is not None
+    assert tau.kernel.abs().max() <= 1 / embedding_dim and (tau.kernel > 0).any() and (tau.kernel < 0).any()
+    assert tau.bias.abs().max() <= embedding_dim**-0.5 and tau.bias.abs().max() > 0
+    for head in ("g1.0", "g2.0", "g3.0"):
+        a, i = authors.get_submodule(head), identity.get_submodule(head)
+        torch.testing.assert_close(a.weight, i.weight)
+    assert not torch.equal(authors.get_submodule("g1.0").bias, identity.get_submodule("g1.0").bias)
+    with pytest.raises(ValueError, match="unknown KML initialisation"):
+        KernelModulation([shape], [0], embedding_dim, init="xavier")
+
+
+def test_kml_init_reaches_the_learner() -> None:
+    # LearnerConfig.kml_init picks the generator's initialisation through build_modulation
+    shapes = ConvNet((3, 16, 16), [4, 4]).layer_shapes
+    for init in ("identity", "authors"):
+        modulation = build_modulation("kml", shapes, None, 8, kml_init=init)
+        assert isinstance(modulation, KernelModulation) and modulation.init == init
+
+
 def test_channel_modulations_follow_their_formulas() -> None:
     # FiLM scale 1+γ and shift β; sigmoid σ(τ); softmax over the channels (sums to 1 per task).
     shape = LayerShape((3, 2), (3, 2))
