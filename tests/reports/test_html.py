@@ -134,7 +134,9 @@ def test_regression_report(regression_run: Path, tmp_path: Path) -> None:
     sections = [a["id"] for t, a in _parse(out).tags if t == "section"]
     assert sections == ["ablation", "modes", "curves", "cost", "search", "failures"]
     table = text[text.index('<section id="ablation"') : text.index('<section id="modes"')]
-    rows = {re.sub(r"<.*?>", "", row.split("</td>")[0]): row for row in table.split("<tr>")[2:]}
+    # A row's name cell: the arm, then (in a sub-line) its budget.
+    names = [row.split("</td>")[0].split('<span class="sub">')[0] for row in table.split("<tr>")[2:]]
+    rows = {re.sub(r"<.*?>", "", name): row for name, row in zip(names, table.split("<tr>")[2:], strict=True)}
     # The synthetic KML arm has the lowest MSE in both modes: its three cells are the highlighted ones.
     assert rows["KML-ProtoNet"].count('class="best"') == 3
     assert table.count('class="best"') == 3
