@@ -39,6 +39,7 @@ from mmlo.orchestrator.plan import (
 )
 from mmlo.orchestrator.spec import SearchParam, SpecError, Study
 from mmlo.storage import JOURNAL_FILE, JOURNAL_SEGMENTS, RunStore
+from mmlo.storage.conditions import allowed_values
 
 if TYPE_CHECKING:
     import optuna
@@ -132,8 +133,7 @@ def compile_space(study: Study, file: Path | str = "<study>") -> SearchSpace:
     params = dict(study.search.space)
     for name, param in params.items():
         for key, expected in (param.when or {}).items():
-            allowed = expected if isinstance(expected, list) else [expected]
-            if not any(_can_hold(params[key], value) for value in allowed):
+            if not any(_can_hold(params[key], value) for value in allowed_values(expected)):
                 raise SpecError(
                     file,
                     f"condition {key}={expected} can never hold: '{key}' takes "

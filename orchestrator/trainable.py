@@ -189,17 +189,7 @@ def _transference_hook(study: Study, spec: TrialSpec, train: TrainConfig, benchm
         return None
     from mmlo.models.transference import make_transference_hook
 
-    return make_transference_hook(
-        benchmark,
-        train,
-        sources_per_mode=t.sources_per_mode,
-        targets_per_mode=t.targets_per_mode,
-        source_split=t.source_split,
-        target_split=t.target_split,
-        alpha=t.alpha,
-        neutral_band=t.neutral_band,
-        at=t.at,
-    )
+    return make_transference_hook(benchmark, train, t.settings())
 
 
 def run_trial(config: dict[str, Any], engine: Engine) -> None:
