@@ -1,11 +1,12 @@
-"""A study's phases as one Tune search algorithm, so that one Tune experiment runs the whole study.
+"""A study's phases as one stream of trial configs, so that one Tune experiment runs the whole study.
 
 Each phase is a *stage* that hands out trial configs: the ablation grid (and the confirm re-runs) are fixed
 lists, the search phase asks Optuna for each of its trials, and the confirm stage waits until every search
 trial has finished before it ranks them. Stages are drawn from in the study's phase order, but there is no
 barrier between them: when the last ablation trials run, free slots already start search trials. Running
 one experiment instead of one per phase keeps Tune's actors (with torch and the benchmark loaded) alive
-across phases, and no slot idles while a phase drains.
+across phases, and no slot idles while a phase drains. :class:`StudyStages` holds no Ray type: Tune's
+search algorithm around it is :func:`mmlo.orchestrator.ray_engine.study_searcher`.
 """
 
 from __future__ import annotations
