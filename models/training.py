@@ -11,21 +11,19 @@ meta-batch (a generator keyed by ``(seed, iteration)``, so a resumed run draws e
 uninterrupted one would); the study's ``eval_seed`` fixes the validation and test episodes, shared by every
 arm. On CPU, resuming from a checkpoint gives bit-identical results to a run that was never interrupted.
 
-Run alone for debugging::
+Run alone for debugging (:func:`train_alone`)::
 
-    python -m mmlo.models.training --benchmark regression2 --learner mmaml --iterations 200
+    mmlo train --benchmark regression2 --learner mmaml --iterations 200
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -271,81 +269,16 @@ def fit(
     )
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m mmlo.models.training",
-        description="Meta-train one learner on one benchmark without Ray, printing every validation.",
-    )
-    p.add_argument("--benchmark", default="regression2", help="registered benchmark name (see mmlo.tasks.registry)")
-    p.add_argument("--learner", default="mmaml", help="maml | multi_maml | mmaml | protonet | ... | kml")
-    p.add_argument("--base", default=None, help="kml only: protonet | maml")
-    p.add_argument("--iterations", type=int, default=200)
-    p.add_argument("--meta-batch", type=int, default=None, help="default: 25 per mode (regression), 2 per mode (images)")
-    p.add_argument("--shots", type=int, default=None, help="default: 5 (regression), 1 (images)")
-    p.add_argument("--query", type=int, default=None, help="default: 5 (regression), 15 (images)")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--max-classes", type=int, default=None)
-    p.add_argument("--inner-lr", type=float, default=None, help="default: 0.001 (regression), 0.05 (images)")
-    p.add_argument("--inner-steps", type=int, default=5)
-    p.add_argument("--first-order", action="store_true")
-    p.add_argument("--inner-grad-clip", type=float, default=None, help="MMAML regression code: 10")
-    p.add_argument("--grad-clip", type=float, default=None, help="global norm clip of the meta-gradient")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--val-interval", type=int, default=50)
-    p.add_argument("--val-episodes", type=int, default=20)
-    p.add_argument("--eval-episodes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-seed", type=int, default=1234)
-    p.add_argument("--checkpoint-dir", type=Path, default=None)
-    p.add_argument("--resume", type=Path, default=None, help="a checkpoint directory to continue from")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The debugging CLI: train, print each report as one JSON line, then per-mode test means ± 95 % CI."""
-    from mmlo.tasks.config import BenchmarkConfig
-    from mmlo.tasks.errors import DataMissingError
-    from mmlo.tasks.registry import benchmark_kind, benchmark_modes, get_benchmark
-
-    args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
-    regression = benchmark_kind(args.benchmark) == "regression"
-    n_modes = len(benchmark_modes(args.benchmark))
-    bench_cfg = BenchmarkConfig(
-        name=args.benchmark,
-        ways=args.ways,
-        shots=args.shots or (5 if regression else 1),
-        query=args.query or (5 if regression else 15),
-        image_size=args.image_size,
-        max_classes=args.max_classes,
-    )
-    learner_cfg = LearnerConfig(
-        learner=args.learner,
-        base=args.base,
-        inner_lr=args.inner_lr or (0.001 if regression else 0.05),
-        inner_steps=args.inner_steps,
-        first_order=args.first_order,
-        inner_grad_clip=args.inner_grad_clip,
-    )
-    train_cfg = TrainConfig(
-        iterations=args.iterations,
-        meta_batch=args.meta_batch or (25 if regression else 2) * n_modes,
-        lr=args.lr,
-        grad_clip=args.grad_clip,
-        val_interval=args.val_interval,
-        val_episodes=args.val_episodes,
-        eval_episodes=args.eval_episodes,
-        seed=args.seed,
-        eval_seed=args.eval_seed,
-    )
-    try:
-        benchmark = get_benchmark(bench_cfg)
-    except DataMissingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def train_alone(
+    learner_cfg: LearnerConfig,
+    train_cfg: TrainConfig,
+    benchmark: Benchmark,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
+    device: str | None = None,
+) -> FitResult:
+    """``mmlo train``: train without Ray, print each report as one JSON line, then per-mode test means ± 95 % CI."""
 
     def show(metrics: dict[str, float], checkpoint: Path | None) -> None:
         line = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
@@ -358,12 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_cfg,
         benchmark,
         report=show,
-        checkpoint_dir=args.checkpoint_dir,
-        resume_from=args.resume,
-        device=args.device,
+        checkpoint_dir=checkpoint_dir,
+        resume_from=resume_from,
+        device=device,
     )
     print(
-        f"{args.learner} on {args.benchmark}: {result.iterations_done} iterations, "
+        f"{learner_cfg.learner} on {benchmark.name}: {result.iterations_done} iterations, "
         f"{result.seconds_per_iteration * 1e3:.1f} ms/iteration, peak {result.peak_memory_mb:.0f} MB, "
         f"parameters {result.parameter_counts}"
     )
@@ -376,8 +309,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             text += f"   before {before:.4f} ± {half_before:.4f}"
         print(text)
     print(f"  test {'mean':>14} {result.metric_name} after {result.test_metric:.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result

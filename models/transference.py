@@ -428,37 +428,51 @@ class TransferenceHook:
         self.seconds += time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class TransferenceSettings:
+    """What a study's ``transference`` block asks to measure (models never import the orchestrator: the spec's
+    block turns itself into these settings, and ``mmlo transference`` overrides them field by field).
+
+    ``sources_per_mode``/``targets_per_mode`` fixed tasks from ``source_split``/``target_split``; ``alpha`` is
+    the look-ahead step (default: the outer learning rate); ``|1 - LR| < neutral_band`` counts as neutral;
+    ``at`` are the iterations to measure at (default: the last one).
+    """
+
+    sources_per_mode: int = 10
+    targets_per_mode: int = 2
+    source_split: Split = "train"
+    target_split: Split = "test"
+    alpha: float | None = None
+    neutral_band: float = 0.01
+    at: tuple[int, ...] | None = None
+
+
 def make_transference_hook(
     benchmark: Benchmark,
     train_cfg: TrainConfig,
+    settings: TransferenceSettings | None = None,
     *,
-    sources_per_mode: int = 10,
-    targets_per_mode: int = 2,
-    source_split: Split = "train",
-    target_split: Split = "test",
-    alpha: float | None = None,
-    neutral_band: float = 0.01,
-    at: Sequence[int] | None = None,
     include_self: bool = True,
     strategy: Strategy = "auto",
     chunk_size: int | None = None,
 ) -> TransferenceHook:
-    """The hook of a study's ``transference`` block, from plain arguments (models never import orchestrator).
+    """The hook that measures what ``settings`` ask (default: :class:`TransferenceSettings`'s defaults).
 
     Sources and targets are fixed tasks drawn with :func:`fixed_tasks` from ``train_cfg.eval_seed``; ``alpha``
     defaults to the outer learning rate ``train_cfg.lr`` and ``at`` to the last iteration. Iterations beyond
     the budget are dropped.
     """
-    wanted = at if at is not None else [train_cfg.iterations]
+    s = settings if settings is not None else TransferenceSettings()
+    wanted = s.at if s.at is not None else [train_cfg.iterations]
     iterations = frozenset(int(i) for i in wanted if 1 <= i <= train_cfg.iterations)
     return TransferenceHook(
         iterations=iterations,
-        sources=fixed_tasks(benchmark, source_split, sources_per_mode, train_cfg.eval_seed),
-        targets=fixed_tasks(benchmark, target_split, targets_per_mode, train_cfg.eval_seed),
-        alpha=float(alpha if alpha is not None else train_cfg.lr),
-        neutral_band=float(neutral_band),
-        source_split=source_split,
-        target_split=target_split,
+        sources=fixed_tasks(benchmark, s.source_split, s.sources_per_mode, train_cfg.eval_seed),
+        targets=fixed_tasks(benchmark, s.target_split, s.targets_per_mode, train_cfg.eval_seed),
+        alpha=float(s.alpha if s.alpha is not None else train_cfg.lr),
+        neutral_band=float(s.neutral_band),
+        source_split=s.source_split,
+        target_split=s.target_split,
         include_self=include_self,
         strategy=strategy,
         chunk_size=chunk_size,

@@ -250,6 +250,97 @@ def transference(
 
 
 @app.command()
+def train(
+    benchmark: Annotated[str, typer.Option("--benchmark", help="A registered benchmark (`mmlo data list`).")] = "regression2",
+    learner: Annotated[str, typer.Option("--learner", help="maml | multi_maml | mmaml | protonet | ... | kml")] = "mmaml",
+    base: Annotated[str | None, typer.Option("--base", help="kml only: protonet | maml")] = None,
+    iterations: Annotated[int, typer.Option("--iterations", min=1)] = 200,
+    meta_batch: Annotated[
+        int | None, typer.Option("--meta-batch", min=1, help="default: 25 per mode (regression), 2 per mode (images)")
+    ] = None,
+    shots: Annotated[int | None, typer.Option("--shots", min=1, help="default: 5 (regression), 1 (images)")] = None,
+    query: Annotated[int | None, typer.Option("--query", min=1, help="default: 5 (regression), 15 (images)")] = None,
+    ways: Annotated[int, typer.Option("--ways", min=1)] = 5,
+    image_size: Annotated[int, typer.Option("--image-size", min=1)] = 32,
+    max_classes: Annotated[int | None, typer.Option("--max-classes", min=1)] = None,
+    inner_lr: Annotated[
+        float | None, typer.Option("--inner-lr", help="default: 0.001 (regression), 0.05 (images)")
+    ] = None,
+    inner_steps: Annotated[int, typer.Option("--inner-steps", min=0)] = 5,
+    first_order: Annotated[bool, typer.Option("--first-order", help="First-order MAML.")] = False,
+    inner_grad_clip: Annotated[
+        float | None, typer.Option("--inner-grad-clip", help="MMAML regression code: 10")
+    ] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option("--grad-clip", help="Global norm clip of the meta-gradient.")
+    ] = None,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    val_interval: Annotated[int, typer.Option("--val-interval", min=1)] = 50,
+    val_episodes: Annotated[int, typer.Option("--val-episodes", min=1)] = 20,
+    eval_episodes: Annotated[int, typer.Option("--eval-episodes", min=1)] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    eval_seed: Annotated[int, typer.Option("--eval-seed")] = 1234,
+    checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Write checkpoints here.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="A checkpoint directory to continue from.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu (default) or cuda")] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads")] = 1,
+) -> None:
+    """Meta-train one learner on one benchmark without Ray, printing every validation (for debugging)."""
+
+    def body() -> None:
+        import torch
+        from pydantic import ValidationError
+
+        from mmlo.models.config import LearnerConfig, TrainConfig
+        from mmlo.models.training import train_alone
+        from mmlo.tasks.config import BenchmarkConfig
+        from mmlo.tasks.registry import benchmark_kind, benchmark_modes, get_benchmark
+
+        try:
+            regression = benchmark_kind(benchmark) == "regression"
+            n_modes = len(benchmark_modes(benchmark))
+            bench_cfg = BenchmarkConfig(
+                name=benchmark,
+                ways=ways,
+                shots=shots or (5 if regression else 1),
+                query=query or (5 if regression else 15),
+                image_size=image_size,
+                max_classes=max_classes,
+            )
+            learner_cfg = LearnerConfig(
+                learner=learner,
+                base=base,
+                inner_lr=inner_lr or (0.001 if regression else 0.05),
+                inner_steps=inner_steps,
+                first_order=first_order,
+                inner_grad_clip=inner_grad_clip,
+            )
+            train_cfg = TrainConfig(
+                iterations=iterations,
+                meta_batch=meta_batch or (25 if regression else 2) * n_modes,
+                lr=lr,
+                grad_clip=grad_clip,
+                val_interval=val_interval,
+                val_episodes=val_episodes,
+                eval_episodes=eval_episodes,
+                seed=seed,
+                eval_seed=eval_seed,
+            )
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UserError(f"{where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}") from None
+        except (ValueError, KeyError) as err:  # an unknown benchmark
+            raise UserError(str(err).strip("'\"")) from None
+        torch.set_num_threads(threads)
+        train_alone(
+            learner_cfg, train_cfg, get_benchmark(bench_cfg), checkpoint_dir=checkpoint_dir, resume_from=resume, device=device
+        )
+
+    _guard(body)
+
+
+@app.command()
 def bench(
     case: Annotated[list[str] | None, typer.Option("--case", help="Run only these cases (repeatable).")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed iterations per case (after a warm-up).")] = 5,

@@ -83,10 +83,10 @@ def _time_transference(study: Study, spec: TrialSpec, learner: object, benchmark
     t = study.transference
     if t is None or not measures_transference(study, spec):
         return 0.0
-    from mmlo.models.transference import make_transference_hook
+    from mmlo.models.transference import TransferenceSettings, make_transference_hook
 
     train = spec.train_config(study)
-    hook = make_transference_hook(benchmark, train, sources_per_mode=1, targets_per_mode=1)
+    hook = make_transference_hook(benchmark, train, TransferenceSettings(sources_per_mode=1, targets_per_mode=1))
     tic = time.perf_counter()
     hook(train.iterations, learner, benchmark)  # type: ignore[arg-type]
     once = time.perf_counter() - tic

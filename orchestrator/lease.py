@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from mmlo.orchestrator.errors import UserError
-from mmlo.storage import RunStore
+from mmlo.storage import LEASE_FILE, RunStore
 
-LEASE_FILE = "lease.json"
 #: Seconds between two heartbeats of the holding driver.
 HEARTBEAT_S = 10.0
 #: A lease whose heartbeat is older than this is stale (six missed heartbeats: a slow or briefly unreachable

@@ -22,13 +22,11 @@ from typing import Any
 
 import polars as pl
 
-from mmlo.storage import RunStore, jsonable, read_parquet, write_parquet
-
-PARTS_DIR = "parts"
-RECORD_FILE = "trial.json"
-PROGRESS_FILE = "progress.jsonl"
-EPISODES_FILE = "episodes.parquet"
-TRANSFERENCE_PREFIX = "transference-"
+from mmlo.storage import PARTS_DIR, RunStore, jsonable, read_parquet, write_parquet
+from mmlo.storage import PART_EPISODES_FILE as EPISODES_FILE
+from mmlo.storage import PART_PROGRESS_FILE as PROGRESS_FILE
+from mmlo.storage import PART_RECORD_FILE as RECORD_FILE
+from mmlo.storage import PART_TRANSFERENCE_PREFIX as TRANSFERENCE_PREFIX
 #: States of a trial that will not run again; ``running`` is the only other state a record has.
 FINAL_STATES = ("completed", "stopped_early", "failed")
 

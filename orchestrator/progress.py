@@ -2,8 +2,9 @@
 
 :class:`StudyProgress` holds the state (trials done, running, failed, stopped early, the best validation
 score so far, elapsed time and an ETA) and renders it; it knows nothing about Ray, so it is tested alone.
-The runner feeds it from a Tune callback. On a terminal the status line is redrawn in place; in a log
-(not a TTY) each finished trial prints one line, and the status line repeats every ``heartbeat_s``.
+The driver feeds it from its trial events (:mod:`mmlo.orchestrator.trial_events`, which the Tune callback
+calls). On a terminal the status line is redrawn in place; in a log (not a TTY) each finished trial prints
+one line, and the status line repeats every ``heartbeat_s``.
 
 The ETA compares the work each trial was expected to take (the calibrated seconds, or its iterations when
 nothing was calibrated) with the time the trials finished or in progress actually took, and spreads the

@@ -1,4 +1,4 @@
-"""The search phase's pieces: the space compiler, the Optuna journal, and a budget-aware OptunaSearch.
+"""The search phase's Optuna side: the space compiler, the Optuna journal, the sampler and ASHA's rungs.
 
 ``search.space`` in a study YAML becomes an Optuna define-by-run function: parameters are sampled in the
 order they are declared, a parameter with a ``when`` condition is sampled only when the values sampled
@@ -8,7 +8,8 @@ on a log scale, and list-valued learner fields are categoricals of strings (``mo
 configuration before any trial starts, so a bad space is a user error (exit 2), not a failed trial.
 
 Trials that ASHA stops are told to Optuna as PRUNED with their intermediate values, never as COMPLETE
-with a truncated score (ray#6056): TPE ranks them apart from trials that used their full budget.
+with a truncated score (ray#6056): TPE ranks them apart from trials that used their full budget. Tune's
+OptunaSearch and ASHA themselves are wired in :mod:`mmlo.orchestrator.ray_engine`.
 
 The search starts from what is known: the base arm's own configuration is enqueued as its first trial, so
 its best trial can only match or beat the base at the search budget. ASHA judges a trial only once it has
@@ -37,12 +38,11 @@ from mmlo.orchestrator.plan import (
     search_seed,
 )
 from mmlo.orchestrator.spec import SearchParam, SpecError, Study
-from mmlo.storage import RunStore
+from mmlo.storage import JOURNAL_FILE, JOURNAL_SEGMENTS, RunStore
+from mmlo.storage.conditions import allowed_values
 
 if TYPE_CHECKING:
     import optuna
-    from ray.tune.schedulers import TrialScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
 #: Config key under which the define-by-run function hands the Optuna trial number to the trainable.
 NUMBER_KEY = "optuna_number"
@@ -133,8 +133,7 @@ def compile_space(study: Study, file: Path | str = "<study>") -> SearchSpace:
     params = dict(study.search.space)
     for name, param in params.items():
         for key, expected in (param.when or {}).items():
-            allowed = expected if isinstance(expected, list) else [expected]
-            if not any(_can_hold(params[key], value) for value in allowed):
+            if not any(_can_hold(params[key], value) for value in allowed_values(expected)):
                 raise SpecError(
                     file,
                     f"condition {key}={expected} can never hold: '{key}' takes "
@@ -250,10 +249,6 @@ def _layer_count(study: Study) -> int:
     return len(defaults.hidden) if kind == "regression" else len(defaults.channels)
 
 
-JOURNAL_FILE = "optuna.journal"
-JOURNAL_SEGMENTS = "optuna-journal"
-
-
 def journal_storage(store: RunStore) -> optuna.storages.BaseStorage:
     """The search's Optuna storage in the run directory.
 
@@ -328,88 +323,13 @@ def objectives(study: Study, metric: str, mode: str) -> tuple[list[str], list[st
     return [metric, study.search.cost], [mode, "min"]
 
 
-def _has_trials(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
+def has_trials(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
     import optuna
 
     try:
         return bool(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
     except KeyError:
         return False
-
-
-# OptunaSearch keeps its Optuna study and the Tune-trial -> Optuna-trial map in private attributes, and has no
-# hook to tell a trial's outcome itself; these three functions are the only places that read them
-# (tests/orchestrator/test_search.py checks them against the installed Ray, so an upgrade fails loudly).
-def pending_optuna_trial(searcher: OptunaSearch, trial_id: str) -> optuna.Trial | None:
-    """The Optuna trial of a Tune trial that has not been told its outcome yet, else None."""
-    if trial_id in searcher._completed_trials:
-        return None
-    trial: optuna.Trial | None = searcher._ot_trials.get(trial_id)
-    return trial
-
-
-def optuna_study(searcher: OptunaSearch) -> optuna.Study:
-    """The Optuna study an OptunaSearch asks and tells."""
-    return searcher._ot_study  # type: ignore[no-any-return]
-
-
-def mark_told(searcher: OptunaSearch, trial_id: str) -> None:
-    """Record that a Tune trial's outcome was told to Optuna (OptunaSearch then ignores it)."""
-    searcher._completed_trials.add(trial_id)
-
-
-def make_searcher(
-    study: Study, space: SearchSpace, storage: optuna.storages.BaseStorage, metric: str, mode: str
-) -> OptunaSearch:
-    """An OptunaSearch over ``space`` that tells Optuna which trials stopped before their full budget.
-
-    A fresh search (no trial in the journal yet) has the base arm's point enqueued first; a resumed one
-    already holds it. With ``search.cost``, OptunaSearch gets a list of metrics and modes, which makes
-    its study multi-objective (Optuna's TPE then ranks trials by non-domination).
-    """
-    from ray.tune.search.optuna import OptunaSearch
-
-    metrics, modes = objectives(study, metric, mode)
-    point = start_point(study)
-    points = [point] if point is not None and not _has_trials(storage, study.name) else None
-
-    class BudgetAwareOptunaSearch(OptunaSearch):
-        """Tells trials that stopped short of ``iterations`` as PRUNED, non-finite scores as FAIL."""
-
-        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-            import optuna
-
-            ot_trial = pending_optuna_trial(self, trial_id)
-            if error or not result or ot_trial is None:
-                super().on_trial_complete(trial_id, result, error)
-                return
-            ot_study = optuna_study(self)
-            value = result.get(metrics[0])
-            if value is None or not math.isfinite(float(value)):
-                ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-            elif result.get("iteration", 0) < search_iterations(study):
-                # A multi-objective study takes no intermediate values: TPE then ranks its pruned trials last.
-                if len(metrics) == 1:
-                    ot_trial.report(float(value), int(result.get("training_iteration", 0)))
-                ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                values = [result.get(m) for m in metrics]
-                if any(v is None or not math.isfinite(float(v)) for v in values):
-                    ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-                else:
-                    told = [float(v) for v in values]
-                    ot_study.tell(ot_trial, told if len(told) > 1 else told[0])
-            mark_told(self, trial_id)
-
-    return BudgetAwareOptunaSearch(
-        space=space,
-        metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0],
-        points_to_evaluate=points,
-        sampler=tpe_sampler(study),
-        study_name=study.name,
-        storage=storage,
-    )
 
 
 def grace_period(study: Study) -> int:
@@ -433,44 +353,6 @@ def rung_iterations(study: Study) -> list[int]:
     count = int(math.log(last / first) / math.log(factor) + 1) if last >= first else 0
     reports = sorted({math.ceil(first * factor**k) for k in range(count)})
     return [min(r * study.budget.val_interval, search_iterations(study)) for r in reports if r < last]
-
-
-def search_scheduler(study: Study) -> TrialScheduler | None:
-    """ASHA on the search trials' validation reports (one rung unit = one validation); every other trial of
-    the study runs its full budget untouched."""
-    if study.scheduler.type != "asha" or study.search is None:
-        return None
-    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-
-    def searched(trial: Any) -> bool:
-        return trial.config.get(NUMBER_KEY) is not None
-
-    class SearchOnlyASHA(AsyncHyperBandScheduler):
-        """ASHA that sees only search trials."""
-
-        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-            if searched(trial):
-                super().on_trial_add(tune_controller, trial)
-
-        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-            if searched(trial):
-                return str(super().on_trial_result(tune_controller, trial, result))
-            return TrialScheduler.CONTINUE
-
-        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-            if searched(trial):
-                super().on_trial_complete(tune_controller, trial, result)
-
-        def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-            if searched(trial):
-                super().on_trial_remove(tune_controller, trial)
-
-    return SearchOnlyASHA(
-        time_attr="training_iteration",
-        max_t=reports_per_trial(search_iterations(study), study.budget.val_interval),
-        grace_period=grace_period(study),
-        reduction_factor=study.scheduler.reduction_factor,
-    )
 
 
 def reconcile_journal(

@@ -18,14 +18,18 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator.errors import UserError
+from mmlo.storage.conditions import condition_holds
 from mmlo.tasks.config import BenchmarkConfig
+
+if TYPE_CHECKING:
+    from mmlo.models.transference import TransferenceSettings  # imports torch: only when measuring
 
 Scalar = bool | int | float | str
 Phase = Literal["ablation", "search", "confirm"]
@@ -158,11 +162,7 @@ class SearchParam(BaseModel):
 
     def matches(self, values: dict[str, Any]) -> bool:
         """True when the condition holds for the values sampled so far."""
-        for key, expected in (self.when or {}).items():
-            allowed = expected if isinstance(expected, list) else [expected]
-            if key not in values or values[key] not in allowed:
-                return False
-        return True
+        return condition_holds(self.when, values)
 
 
 class Search(BaseModel):
@@ -327,6 +327,12 @@ class Transference(BaseModel):
         None, description="Iterations at which to measure (default: the last iteration)."
     )
     arms: list[str] | None = Field(None, description="Arms to measure (default: every arm).")
+
+    def settings(self) -> TransferenceSettings:
+        """The block as the measurement takes it (everything but ``arms``, which chooses the trials)."""
+        from mmlo.models.transference import TransferenceSettings
+
+        return TransferenceSettings(**self.model_dump(exclude={"arms", "at"}), at=tuple(self.at) if self.at else None)
 
 
 #: Keys that may change between sessions of one run: where it is written, how it is scheduled, its prose.

@@ -1,17 +1,18 @@
-"""The Tune function trainable: one trial is one call of :func:`mmlo.models.training.fit` in a Ray worker.
+"""One trial: one call of :func:`mmlo.models.training.fit` in a worker of the engine (Ray Tune).
 
-This is the one module that reports to Ray (ray#49454: reporting APIs churn). A trial may run on any node of
-a cluster, which shares no file system with the driver: everything it needs comes in its Tune config (the
+The engine (:mod:`mmlo.orchestrator.ray_engine`, where ``tune.report`` lives: ray#49454, reporting APIs churn)
+calls :func:`run_trial` with the trial's config and an :class:`Engine` to report through. A trial may run on
+any node of a cluster, which shares no file system with the driver: everything it needs comes in its Tune config (the
 resolved spec, the run directory's location) or from the run's store, and everything it writes goes there. It
 
 - checks (and on first use prepares) the benchmark's data on its own node, and fails at once, naming the
   node and the missing path, when the data is not there;
 - records the node it ran on, its device (CPU or the GPU Ray gave it) and the GPU's peak memory;
 - sets torch's thread count to the trial's CPU share and trains on CUDA when the worker has a GPU;
-- resumes from ``tune.get_checkpoint()`` (a Tune retry) or from the checkpoint the driver found for an
+- resumes from the engine's checkpoint of the trial (a Tune retry) or from the checkpoint the driver found for an
   interrupted trial of an earlier session;
 - writes the trial's part files (record, validation rows, test episodes, transference rows) into the ledger
-  itself, and reports only scalars with ``tune.report``, plus a checkpoint whenever ``fit`` wrote one;
+  itself, and reports only scalars to the engine, plus a checkpoint whenever ``fit`` wrote one;
 - holds back the last validation's report until the test episodes are written, so that a scheduler
   decision on the final report can never cut a finished trial short of its evaluation;
 - records an exception, a NaN/inf loss (``TrainingDiverged``) or an out-of-memory error as ``failed`` with
@@ -26,12 +27,10 @@ memory. A full disk under the run directory is not the trial's failure: such a t
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator import faults, ledger, sink
@@ -53,30 +52,23 @@ class DeliberateFailure(RuntimeError):
     """Raised for the arm named by ``MMLO_FAIL_ARM`` (fault-handling tests)."""
 
 
+class Engine(Protocol):
+    """What a trial asks of the engine that runs it (:class:`mmlo.orchestrator.ray_engine.TuneSession`)."""
+
+    def node(self) -> dict[str, str | None]:
+        """The node the trial runs on: ``node_hostname``, ``node_ip``, ``node_id``."""
+
+    def restored_checkpoint(self, into: Path) -> Path | None:
+        """The engine's own checkpoint of this trial (a retry), copied into ``into``; None on a first attempt."""
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        """Report scalars, and a checkpoint folder the engine keeps (and this may then delete)."""
+
+
 def trial_constants(run_dir: RunStore, study: Study) -> dict[str, Any]:
     """What every trial's Tune config carries: where the run directory is and the resolved spec itself (a
     trial on another node cannot read the driver's files)."""
     return {"run_dir": run_dir.uri, "spec": study.model_dump(mode="json"), "cpus": study.resources.cpus_per_trial}
-
-
-def trial_actor_class(study_name: str, fresh_actors: bool) -> type:
-    """The Tune trainable: :func:`run_trial` in an actor named for the dashboard (``ray list actors``).
-
-    Ray reads an actor's name once, when it starts. An actor that runs one trial is named
-    ``mmlo <study>/<trial id>``; an actor that Tune reuses for trial after trial is ``mmlo <study> trial
-    runner`` (the trial it runs now is in the status line, ``mmlo status`` and its log lines).
-    """
-    from ray.tune.trainable import wrap_function
-
-    base: Any = wrap_function(run_trial)
-
-    class MmloTrial(base):  # type: ignore[misc, valid-type]
-        _name = "mmlo_trial"
-
-        def __repr__(self) -> str:
-            return f"mmlo {study_name}/{self.trial_name}" if fresh_actors else f"mmlo {study_name} trial runner"
-
-    return MmloTrial
 
 
 def reuse_actors(address: str | None, study: Study) -> bool:
@@ -104,18 +96,16 @@ def trial_from_config(study: Study, config: dict[str, Any]) -> TrialSpec:
     return TrialSpec.from_json(config["trial"])
 
 
-def node() -> dict[str, str | None]:
-    """The node a trial runs on: its host name, the IP address and the node id Ray knows it by."""
-    import ray
-    import ray.util
+def config_trial_id(config: dict[str, Any]) -> str:
+    """The id of the trial a Tune config describes (a search trial's comes from its Optuna number)."""
+    if config.get(NUMBER_KEY) is not None:
+        return f"search-{int(config[NUMBER_KEY]):03d}"
+    return str(config["trial"]["trial_id"])
 
-    if not ray.is_initialized():  # outside Ray (tests, the Ray-free entry point): the host alone
-        return {"node_hostname": socket.gethostname(), "node_ip": None, "node_id": None}
-    return {
-        "node_hostname": socket.gethostname(),
-        "node_ip": ray.util.get_node_ip_address(),
-        "node_id": ray.get_runtime_context().get_node_id(),
-    }
+
+def config_phase(config: dict[str, Any]) -> str:
+    """The phase of the trial a Tune config describes."""
+    return "search" if config.get(NUMBER_KEY) is not None else str(config["trial"]["phase"])
 
 
 def _benchmark(study: Study, where: dict[str, str | None]) -> Benchmark:
@@ -199,23 +189,12 @@ def _transference_hook(study: Study, spec: TrialSpec, train: TrainConfig, benchm
         return None
     from mmlo.models.transference import make_transference_hook
 
-    return make_transference_hook(
-        benchmark,
-        train,
-        sources_per_mode=t.sources_per_mode,
-        targets_per_mode=t.targets_per_mode,
-        source_split=t.source_split,
-        target_split=t.target_split,
-        alpha=t.alpha,
-        neutral_band=t.neutral_band,
-        at=t.at,
-    )
+    return make_transference_hook(benchmark, train, t.settings())
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The Tune function trainable (``config``: ``run_dir``, ``cpus``, and the trial or Optuna's sample)."""
+def run_trial(config: dict[str, Any], engine: Engine) -> None:
+    """One trial (``config``: ``run_dir``, ``cpus``, and the trial or Optuna's sample), reporting to ``engine``."""
     import torch
-    from ray import tune
 
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     run_dir = RunStore.open(config["run_dir"])
@@ -223,7 +202,7 @@ def run_trial(config: dict[str, Any]) -> None:
     limit_memory(study.resources.memory_limit_mb)
     spec = trial_from_config(study, config)
     ids = {"study": study.name, "phase": spec.phase, "trial_id": spec.trial_id, "arm": spec.arm, "seed": spec.seed}
-    where = node()
+    where = engine.node()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # The actor's log (the dashboard's "Log" link) says which trial a reused actor is running.
     print(f"mmlo {study.name}/{spec.trial_id} ({spec.arm}, seed {spec.seed}) starts on {device}", flush=True)
@@ -246,14 +225,14 @@ def run_trial(config: dict[str, Any]) -> None:
             **_earlier_attempts(run_dir, spec.trial_id),
         }
         with tempfile.TemporaryDirectory(prefix=f"mmlo-{spec.trial_id}-resume-") as scratch:
-            resume_from = _resume_point(tune.get_checkpoint(), config, run_dir, Path(scratch))
+            resume_from = _resume_point(engine, config, run_dir, Path(scratch))
             resumed_at, resumed_elapsed = _checkpoint_progress(resume_from) if resume_from is not None else (0, 0.0)
             ledger.rewind(run_dir, spec.trial_id, resumed_at)
             record.update(iterations_done=resumed_at, wall_seconds=resumed_elapsed)
             ledger.write_record(run_dir, record)
             if os.environ.get(FAIL_ARM_ENV) == spec.arm:
                 raise DeliberateFailure(f"{FAIL_ARM_ENV}={spec.arm} asks this arm's trials to fail")
-            _train(study, run_dir, spec, ids, record, (learner_cfg, train_cfg), benchmark, resume_from, device)
+            _train(engine, study, run_dir, spec, ids, record, (learner_cfg, train_cfg), benchmark, resume_from, device)
     except Exception as err:
         if storage_full(err):
             # Not the trial's fault, and its record could not be written anyway: it stays unfinished, and the
@@ -294,11 +273,12 @@ def _earlier_attempts(run_dir: RunStore, trial_id: str) -> dict[str, Any]:
     return {"retries": int(earlier.get("retries") or 0), "retry_reasons": earlier.get("retry_reasons")}
 
 
-def _resume_point(checkpoint: Any, config: dict[str, Any], run_dir: RunStore, scratch: Path) -> Path | None:
-    """The checkpoint to resume from, copied to this node: Tune's own (a retry of this trial) or the one the
-    driver found in the run directory for a trial an earlier session left unfinished."""
-    if checkpoint is not None:
-        return Path(checkpoint.to_directory(str(scratch / "tune")))
+def _resume_point(engine: Engine, config: dict[str, Any], run_dir: RunStore, scratch: Path) -> Path | None:
+    """The checkpoint to resume from, copied to this node: the engine's own (a retry of this trial) or the one
+    the driver found in the run directory for a trial an earlier session left unfinished."""
+    restored = engine.restored_checkpoint(scratch / "tune")
+    if restored is not None:
+        return restored
     found = config.get("trial", {}).get("resume_from")
     if not found:
         return None
@@ -316,6 +296,7 @@ def _checkpoint_progress(directory: Path) -> tuple[int, float]:
 
 
 def _train(
+    engine: Engine,
     study: Study,
     run_dir: RunStore,
     spec: TrialSpec,
@@ -327,7 +308,6 @@ def _train(
     device: Any,
 ) -> None:
     import torch
-    from ray import tune
 
     from mmlo.models.training import fit
 
@@ -348,7 +328,7 @@ def _train(
         if iteration >= train_cfg.iterations:
             held.append((metrics, checkpoint))
             return
-        _report(tune, metrics, checkpoint)
+        engine.report(metrics, checkpoint)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -386,13 +366,4 @@ def _train(
         # The final report carries the costs a cost-aware search (search.cost) tells Optuna beside the metric.
         costs = {"seconds_per_iteration": result.seconds_per_iteration, "params_total": float(record["params_total"])}
         for metrics, checkpoint in held:
-            _report(tune, {**metrics, "test_metric": result.test_metric, **costs}, checkpoint)
-
-
-def _report(tune: Any, metrics: dict[str, float], checkpoint: Path | None) -> None:
-    """Report scalars (and a checkpoint, which Tune copies into its storage before this returns)."""
-    if checkpoint is None:
-        tune.report(dict(metrics))
-        return
-    tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
-    shutil.rmtree(checkpoint, ignore_errors=True)
+            engine.report({**metrics, "test_metric": result.test_metric, **costs}, checkpoint)

@@ -13,6 +13,7 @@ of the tables from the ledger keeps them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,18 +113,14 @@ def measure_checkpoint(
         )
     learner = build_learner(learner_cfg, benchmark)
     learner.load_state_dict(payload["model"])
-    block = study.transference or Transference()
-    hook = make_transference_hook(
-        benchmark,
-        train_cfg,
-        sources_per_mode=sources or block.sources_per_mode,
-        targets_per_mode=targets or block.targets_per_mode,
-        source_split=block.source_split,
-        target_split=block.target_split,
-        alpha=block.alpha,
-        neutral_band=block.neutral_band,
-        at=[iteration],
+    settings = (study.transference or Transference()).settings()
+    settings = replace(
+        settings,
+        sources_per_mode=sources or settings.sources_per_mode,
+        targets_per_mode=targets or settings.targets_per_mode,
+        at=(iteration,),
     )
+    hook = make_transference_hook(benchmark, train_cfg, settings)
     hook(iteration, learner, benchmark)
     ids: dict[str, Any] = {
         "study": study.name,

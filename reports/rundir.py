@@ -20,7 +20,17 @@ import polars as pl
 import yaml
 
 from mmlo.reports.errors import ReportError
-from mmlo.storage import PROVENANCE_FILE, SPEC_FILE, RunStore, StorageError, read_parquet
+from mmlo.storage import (
+    EPISODES_FILE,
+    PROGRESS_FILE,
+    PROVENANCE_FILE,
+    SPEC_FILE,
+    TRANSFERENCE_FILE,
+    TRIALS_FILE,
+    RunStore,
+    StorageError,
+    read_parquet,
+)
 
 #: Phases whose trials are rows of the ablation table (confirm re-runs the best search configurations).
 TABLE_PHASES = ("ablation", "confirm")
@@ -168,15 +178,15 @@ def load_run(run_dir: RunStore | Path | str) -> RunData:
         provenance = store.read_json(PROVENANCE_FILE) or {}
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ReportError(f"{store.where(PROVENANCE_FILE)}: unreadable provenance record ({err})") from None
-    trials = _read_table(store, "trials.parquet")
+    trials = _read_table(store, TRIALS_FILE)
     if trials is None or trials.height == 0:
         raise ReportError(
             f"{store}: no finished trials yet (trials.parquet is missing or empty); "
             f"`mmlo status {store}` shows progress, `mmlo study FILE --resume` finishes the study"
         )
-    progress = _read_table(store, "progress.parquet")
-    episodes = _read_table(store, "episodes.parquet")
-    transference = _read_table(store, "transference.parquet")
+    progress = _read_table(store, PROGRESS_FILE)
+    episodes = _read_table(store, EPISODES_FILE)
+    transference = _read_table(store, TRANSFERENCE_FILE)
     progress = progress if progress is not None and progress.height else None
     episodes = episodes if episodes is not None and episodes.height else None
     transference = transference if transference is not None and transference.height else None

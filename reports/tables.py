@@ -22,6 +22,7 @@ import polars as pl
 
 from mmlo.reports.importance import parameter_importance
 from mmlo.reports.stats import Z95, t95
+from mmlo.storage.conditions import condition_holds
 
 #: The ``mode`` of the rows that pool every mode.
 OVERALL = "all"
@@ -501,23 +502,16 @@ def pareto_front(trials: pl.DataFrame, cost: str, *, higher_is_better: bool) -> 
     return frame.with_columns(on_front=pl.Series(on_front, dtype=pl.Boolean)).sort("cost")
 
 
-def _when_holds(row: Mapping[str, Any], when: Mapping[str, Any] | None) -> bool:
-    for key, expected in (when or {}).items():
-        allowed = expected if isinstance(expected, list) else [expected]
-        value = row.get(f"cfg_{key}")
-        if not any(value == a or str(value) == str(a) for a in allowed):
-            return False
-    return True
-
-
 def sampled_parameters(trials: pl.DataFrame, space: Mapping[str, Mapping[str, Any]]) -> pl.DataFrame:
     """Search trials with one column per searched parameter, null where its ``when`` condition failed."""
     rows = search_trials(trials)
     params = [p for p in space if f"cfg_{p}" in rows.columns]
     records = rows.to_dicts()
     columns: dict[str, pl.Series] = {}
+    configs = [{name: r.get(f"cfg_{name}") for name in space} for r in records]
     for param in params:
-        values = [r[f"cfg_{param}"] if _when_holds(r, space[param].get("when")) else None for r in records]
+        holds = [condition_holds(space[param].get("when"), config) for config in configs]
+        values = [r[f"cfg_{param}"] if ok else None for r, ok in zip(records, holds, strict=True)]
         columns[param] = pl.Series(param, values, dtype=rows.schema[f"cfg_{param}"])
     return rows.select("number", "trial_id", "state", "val_metric").with_columns(**columns)
 

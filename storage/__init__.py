@@ -3,12 +3,27 @@
 The orchestrator writes through it and the report reads through it; it depends on pyarrow only.
 """
 
-from mmlo.storage.runstore import (
+from mmlo.storage.layout import (
+    DRIVER_LOG,
+    EPISODES_FILE,
+    JOURNAL_FILE,
+    JOURNAL_SEGMENTS,
+    LEASE_FILE,
     LOGS_DIR,
+    PART_EPISODES_FILE,
+    PART_PROGRESS_FILE,
+    PART_RECORD_FILE,
+    PART_TRANSFERENCE_PREFIX,
+    PARTS_DIR,
+    PROGRESS_FILE,
     PROVENANCE_FILE,
     REPORT_FILE,
     SPEC_FILE,
+    TRANSFERENCE_FILE,
+    TRIALS_FILE,
     TUNE_DIR,
+)
+from mmlo.storage.runstore import (
     RunStore,
     StorageError,
     StorageFull,
@@ -24,10 +39,23 @@ from mmlo.storage.runstore import (
 )
 
 __all__ = [
+    "DRIVER_LOG",
+    "EPISODES_FILE",
+    "JOURNAL_FILE",
+    "JOURNAL_SEGMENTS",
+    "LEASE_FILE",
     "LOGS_DIR",
+    "PART_EPISODES_FILE",
+    "PART_PROGRESS_FILE",
+    "PART_RECORD_FILE",
+    "PART_TRANSFERENCE_PREFIX",
+    "PARTS_DIR",
+    "PROGRESS_FILE",
     "PROVENANCE_FILE",
     "REPORT_FILE",
     "SPEC_FILE",
+    "TRANSFERENCE_FILE",
+    "TRIALS_FILE",
     "TUNE_DIR",
     "RunStore",
     "StorageError",

@@ -30,12 +30,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
-#: File names of a run directory (the Parquet tables are named in :mod:`mmlo.orchestrator.sink`).
-SPEC_FILE = "spec.yaml"
-PROVENANCE_FILE = "provenance.json"
-REPORT_FILE = "report.html"
-TUNE_DIR = "ray"
-LOGS_DIR = "logs"
+from mmlo.storage.layout import TUNE_DIR
+
 
 
 #: Query parameters of a storage URI that hold credentials (pyarrow's S3 and GCS options): never printed.

@@ -16,7 +16,6 @@ from mmlo.models.training import (
     TrainingDiverged,
     fit,
     learning_rate,
-    main,
     meta_batch_rng,
 )
 from mmlo.tasks.base import Benchmark, Split, TaskBatch
@@ -149,16 +148,6 @@ def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
     values = lambda r: [e["value_after"] for e in r.episodes]  # noqa: E731
     assert values(a) == values(b) and values(a) != values(c)
     assert [e["episode_seed"] for e in a.episodes] == [e["episode_seed"] for e in c.episodes]
-
-
-def test_cli_prints_reports_and_test_means(capsys: pytest.CaptureFixture[str]) -> None:
-    # the debugging CLI trains, prints one JSON line per validation and a test line per mode
-    code = main(["--learner", "maml", "--iterations", "2", "--val-interval", "1", "--meta-batch", "4",
-                 "--val-episodes", "2", "--eval-episodes", "3", "--inner-steps", "1"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert out.count('"val_metric"') == 2
-    assert "sinusoid mse after" in out and "linear mse after" in out
 
 
 #: MMAML-Regression's inner loop (lr 0.001, 5 steps, inner gradients clipped at 10) on a smaller MLP.

@@ -17,6 +17,7 @@ from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.models.learners import build_learner
 from mmlo.models.training import fit
 from mmlo.models.transference import (
+    TransferenceSettings,
     make_transference_hook,
     measure_transference,
     reference_loop_transference,
@@ -195,7 +196,7 @@ def test_hook_measures_at_its_iterations_without_touching_training() -> None:
     # iteration, and leaves the module mode and the torch RNG stream as they were.
     bench = build(BenchmarkConfig(name="regression3", shots=5, query=5))
     train_cfg = TrainConfig(iterations=40, lr=0.003, eval_seed=5)
-    hook = make_transference_hook(bench, train_cfg, sources_per_mode=2, targets_per_mode=1)
+    hook = make_transference_hook(bench, train_cfg, TransferenceSettings(sources_per_mode=2, targets_per_mode=1))
     assert hook.iterations == frozenset({40})
     assert hook.alpha == 0.003
     learner = LinearLearner(w=0.2, inner_lr=0.01, inner_steps=1)
@@ -209,7 +210,9 @@ def test_hook_measures_at_its_iterations_without_touching_training() -> None:
     assert {r["iteration"] for r in hook.rows} == {40}
     assert sum(r["self"] for r in hook.rows) == 3
     assert hook.seconds > 0
-    again = make_transference_hook(bench, train_cfg, sources_per_mode=2, targets_per_mode=1, at=[10, 40, 99])
+    again = make_transference_hook(
+        bench, train_cfg, TransferenceSettings(sources_per_mode=2, targets_per_mode=1, at=(10, 40, 99))
+    )
     assert again.iterations == frozenset({10, 40})
     assert torch.equal(again.sources.seed, hook.sources.seed)
 
@@ -291,7 +294,9 @@ def test_hook_strategies_agree() -> None:
     learner = LinearLearner(w=0.4, inner_lr=0.02, inner_steps=2)
     rows = {}
     for strategy in ("vmap", "loop"):
-        hook = make_transference_hook(bench, train_cfg, sources_per_mode=3, targets_per_mode=2, strategy=strategy)
+        hook = make_transference_hook(
+            bench, train_cfg, TransferenceSettings(sources_per_mode=3, targets_per_mode=2), strategy=strategy  # type: ignore[arg-type]
+        )
         hook(3, learner, bench)
         rows[strategy] = hook.rows
     assert [r["source_task"] for r in rows["vmap"]] == [r["source_task"] for r in rows["loop"]]
@@ -306,9 +311,8 @@ def test_fit_with_the_hook_trains_exactly_as_without(strategy: str) -> None:
     bench = build(BenchmarkConfig(name="regression2", shots=5, query=5))
     learner_cfg = LearnerConfig(learner="maml", hidden=[8, 8], bias_transformation=3, inner_steps=1, inner_lr=0.01)
     train_cfg = TrainConfig(iterations=4, meta_batch=4, lr=0.01, val_interval=2, val_episodes=2, eval_episodes=2)
-    hook = make_transference_hook(
-        bench, train_cfg, sources_per_mode=2, targets_per_mode=1, at=[2], strategy=strategy  # type: ignore[arg-type]
-    )
+    settings = TransferenceSettings(sources_per_mode=2, targets_per_mode=1, at=(2,))
+    hook = make_transference_hook(bench, train_cfg, settings, strategy=strategy)  # type: ignore[arg-type]
     with_hook = fit(learner_cfg, train_cfg, bench, hooks=[hook])
     without = fit(learner_cfg, train_cfg, bench)
     assert {r["iteration"] for r in hook.rows} == {2}
@@ -358,7 +362,9 @@ def test_hook_strategies_agree_with_running_batchnorm() -> None:
     train_cfg = TrainConfig(iterations=1)
     rows = {}
     for strategy in ("loop", "vmap"):
-        hook = make_transference_hook(bench, train_cfg, sources_per_mode=2, targets_per_mode=1, strategy=strategy)
+        hook = make_transference_hook(
+            bench, train_cfg, TransferenceSettings(sources_per_mode=2, targets_per_mode=1), strategy=strategy  # type: ignore[arg-type]
+        )
         hook.sources, hook.targets = _float64(hook.sources), _float64(hook.targets)
         hook(1, learner, bench)
         assert all(torch.equal(b, before[name]) for name, b in learner.named_buffers())

@@ -20,7 +20,8 @@ def test_help_lists_the_command_tree() -> None:
     # `mmlo --help` shows every command of the design
     out = mmlo("--help")
     assert out.returncode == 0
-    for command in ("study", "validate", "schema", "status", "results", "report", "data", "bench", "transference"):
+    commands = ("study", "validate", "schema", "status", "results", "report", "data", "bench", "transference", "train")
+    for command in commands:
         assert command in out.stdout
 
 
@@ -67,3 +68,19 @@ def test_missing_study_file_exits_2(tmp_path: Path) -> None:
     # a missing file is named and exits 2
     out = mmlo("validate", str(tmp_path / "missing.yaml"))
     assert out.returncode == 2 and "no such file" in out.stderr
+
+
+def test_train_prints_reports_and_test_means() -> None:
+    # `mmlo train` trains without Ray, prints one JSON line per validation and a test line per mode
+    out = mmlo("train", "--learner", "maml", "--iterations", "2", "--val-interval", "1", "--meta-batch", "4",
+               "--val-episodes", "2", "--eval-episodes", "3", "--inner-steps", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count('"val_metric"') == 2
+    assert "sinusoid mse after" in out.stdout and "linear mse after" in out.stdout
+
+
+def test_train_bad_input_is_one_message() -> None:
+    # an unknown benchmark or learner is named, with exit code 2 and no traceback
+    for args, fragment in ((("--benchmark", "nope"), "unknown benchmark 'nope'"), (("--learner", "nope"), "learner:")):
+        out = mmlo("train", *args, "--iterations", "1")
+        assert out.returncode == 2 and fragment in out.stderr and "Traceback" not in out.stderr

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.tune.search import Searcher
-
-from mmlo.orchestrator.phases import AfterSearch, Planned, Sampled, StudySearcher
+from mmlo.orchestrator.phases import FINISHED, AfterSearch, Planned, Sampled, StudyStages
 
 
 class FakeOptuna:
@@ -32,7 +30,7 @@ def test_stages_in_order_with_a_search_limit_and_confirm_after_search() -> None:
     search = Sampled(optuna, count=3, limit=2)  # type: ignore[arg-type]
     chosen: list[str] = []
     confirm = AfterSearch(search, lambda: chosen.append("ranked") or [{"trial": "c0"}, {"trial": "c1"}])
-    searcher = StudySearcher([Planned([{"trial": "a0"}, {"trial": "a1"}]), search, confirm], "val_metric", "max")
+    searcher = StudyStages([Planned([{"trial": "a0"}, {"trial": "a1"}]), search, confirm])
     assert searcher.suggest("t1") == {"trial": "a0"}
     assert searcher.suggest("t2") == {"trial": "a1"}
     assert searcher.suggest("t3") == {"optuna_number": 0}
@@ -50,12 +48,30 @@ def test_stages_in_order_with_a_search_limit_and_confirm_after_search() -> None:
     assert optuna.completed[-2:] == [("t4", True), ("t5", False)]
     assert searcher.suggest("t6") == {"trial": "c0"} and chosen == ["ranked"]
     assert searcher.suggest("t7") == {"trial": "c1"}
-    assert searcher.suggest("t8") == Searcher.FINISHED
+    assert searcher.suggest("t8") == FINISHED
 
 
 def test_confirm_without_search_this_session_and_empty_confirm() -> None:
     # a resumed study whose search finished earlier confirms at once; nothing to confirm finishes
-    searcher = StudySearcher([AfterSearch(None, lambda: [])], "val_metric", "min")
-    assert searcher.suggest("t1") == Searcher.FINISHED
-    searcher = StudySearcher([AfterSearch(None, lambda: [{"trial": "c0"}])], "val_metric", "min")
+    searcher = StudyStages([AfterSearch(None, lambda: [])])
+    assert searcher.suggest("t1") == FINISHED
+    searcher = StudyStages([AfterSearch(None, lambda: [{"trial": "c0"}])])
     assert searcher.suggest("t1") == {"trial": "c0"}
+
+
+def test_tunes_searcher_draws_from_the_stages() -> None:
+    # the Ray adapter hands Tune the stages' configs, and Tune's FINISHED once they are all handed out
+    from ray.tune.search import Searcher
+
+    from mmlo.orchestrator.ray_engine import study_searcher
+
+    optuna = FakeOptuna()
+    stages = StudyStages([Planned([{"trial": "a0"}]), Sampled(optuna, count=1, limit=1)])  # type: ignore[arg-type]
+    searcher = study_searcher(stages, "val_metric", "max")
+    assert isinstance(searcher, Searcher)
+    assert searcher.suggest("t1") == {"trial": "a0"}
+    assert searcher.suggest("t2") == {"optuna_number": 0}
+    searcher.on_trial_result("t2", {"val_metric": 0.1})
+    searcher.on_trial_complete("t2", {"val_metric": 0.2})
+    assert optuna.results == [("t2", {"val_metric": 0.1})] and optuna.completed == [("t2", False)]
+    assert searcher.suggest("t3") == Searcher.FINISHED

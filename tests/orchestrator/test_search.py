@@ -8,6 +8,7 @@ import pytest
 
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.plan import decode_value, encode_value, search_trial
+from mmlo.orchestrator.ray_engine import make_searcher, mark_told, optuna_study, pending_optuna_trial
 from mmlo.orchestrator.search import (
     NUMBER_KEY,
     base_point,
@@ -15,10 +16,6 @@ from mmlo.orchestrator.search import (
     grace_period,
     is_base_configuration,
     journal_storage,
-    make_searcher,
-    mark_told,
-    optuna_study,
-    pending_optuna_trial,
     reconcile_journal,
     rung_iterations,
     start_point,
@@ -305,7 +302,7 @@ def test_optuna_search_private_state_is_where_mmlo_reads_it(tmp_path: Any) -> No
 )
 def test_rung_iterations_are_rays_asha_rungs(iterations: int, val_interval: int, grace: int | None, factor: float) -> None:
     # the rungs the report names are the ones Ray's ASHA bracket judges at, below the last validation
-    from mmlo.orchestrator.search import search_scheduler
+    from mmlo.orchestrator.ray_engine import search_scheduler
 
     s = parse_study({**BASE, "budget": {"iterations": iterations, "val_interval": val_interval},
                      "search": {"trials": 4, "space": {"inner_lr": BASE_SPACE["inner_lr"]}},

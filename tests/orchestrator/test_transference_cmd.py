@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mmlo.models.training import fit, load_checkpoint
-from mmlo.models.transference import make_transference_hook
+from mmlo.models.transference import TransferenceSettings, make_transference_hook
 from mmlo.orchestrator import ledger, sink
 from mmlo.orchestrator.checkpoints import trial_checkpoints
 from mmlo.orchestrator.errors import UserError
@@ -49,7 +49,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[dict[
     spec = ablation_trials(study)[0]
     benchmark = get_benchmark(study.benchmark)
     train_cfg = spec.train_config(study)
-    hook = make_transference_hook(benchmark, train_cfg, sources_per_mode=2, targets_per_mode=1)
+    hook = make_transference_hook(benchmark, train_cfg, TransferenceSettings(sources_per_mode=2, targets_per_mode=1))
     fit(
         spec.learner_config(study),
         train_cfg,
@@ -162,3 +162,13 @@ def test_cli_on_a_smoke_run(smoke_run: Any, tmp_path: Path) -> None:
         [*mmlo, "transference", str(run_dir), "--trial", "nope"], env=env, capture_output=True, text=True
     )
     assert missing.returncode == 2 and trial in missing.stderr + missing.stdout
+
+
+def test_the_spec_block_is_the_measurements_settings() -> None:
+    # the spec's transference block and the measurement agree on every default, and a block's values travel whole
+    from mmlo.orchestrator.spec import Transference
+
+    assert Transference().settings() == TransferenceSettings()
+    block = Transference(sources_per_mode=3, targets_per_mode=4, source_split="val", target_split="train",
+                         alpha=0.5, neutral_band=0.1, at=[5, 10], arms=["MAML"])
+    assert block.settings() == TransferenceSettings(3, 4, "val", "train", 0.5, 0.1, (5, 10))
