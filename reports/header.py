@@ -11,6 +11,7 @@ import polars as pl
 from mmlo.reports import tables
 from mmlo.reports.format import duration, escape, first_line, when
 from mmlo.reports.rundir import RunData
+from mmlo.storage import JOURNAL_FILE
 
 #: One line of the header: a label and its value as HTML.
 Fact = tuple[str, str]
@@ -134,8 +135,8 @@ def _dashboards(run: RunData) -> list[str]:
     ray_url = _lookup(run.provenance, "dashboard_url")
     if isinstance(ray_url, str) and ray_url.startswith(("http://", "https://")):
         out.append(f'Ray dashboard (while the study ran): <a href="{escape(ray_url)}">{escape(ray_url)}</a>')
-    if run.store.is_local and run.store.exists("optuna.journal"):
-        journal = run.store.where("optuna.journal")
+    if run.store.is_local and run.store.exists(JOURNAL_FILE):
+        journal = run.store.where(JOURNAL_FILE)
         out.append(f"Optuna: <code>optuna-dashboard {escape(journal)}</code> (installed by <code>make setup</code>)")
     return out
 
