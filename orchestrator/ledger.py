@@ -22,11 +22,12 @@ from typing import Any
 
 import polars as pl
 
-from mmlo.storage import PARTS_DIR, RunStore, jsonable, read_parquet, write_parquet
 from mmlo.storage import PART_EPISODES_FILE as EPISODES_FILE
 from mmlo.storage import PART_PROGRESS_FILE as PROGRESS_FILE
 from mmlo.storage import PART_RECORD_FILE as RECORD_FILE
 from mmlo.storage import PART_TRANSFERENCE_PREFIX as TRANSFERENCE_PREFIX
+from mmlo.storage import PARTS_DIR, RunStore, jsonable, read_parquet, write_parquet
+
 #: States of a trial that will not run again; ``running`` is the only other state a record has.
 FINAL_STATES = ("completed", "stopped_early", "failed")
 

@@ -26,6 +26,7 @@ from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator import ledger
 from mmlo.orchestrator.plan import encode_value
 from mmlo.storage import EPISODES_FILE, PROGRESS_FILE, TRANSFERENCE_FILE, TRIALS_FILE, RunStore, write_parquet
+
 PHASE_ORDER = {"ablation": 0, "search": 1, "confirm": 2}
 
 #: Columns that identify the trial a row belongs to, first in every table.

@@ -21,8 +21,8 @@ import polars as pl
 
 from mmlo.models.config import LearnerConfig
 from mmlo.orchestrator import ledger, sink
-from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.checkpoints import local_copy, trial_checkpoints
+from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.plan import TrialSpec
 from mmlo.orchestrator.results import open_run
 from mmlo.orchestrator.spec import Transference, parse_study

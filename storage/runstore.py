@@ -32,8 +32,6 @@ import pyarrow.fs as pafs
 
 from mmlo.storage.layout import TUNE_DIR
 
-
-
 #: Query parameters of a storage URI that hold credentials (pyarrow's S3 and GCS options): never printed.
 SECRET_PARAMETERS = frozenset({"access_key", "secret_key", "session_token", "access_token", "credentials"})
 

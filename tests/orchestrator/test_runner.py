@@ -7,15 +7,15 @@ from typing import Any
 import pytest
 
 from mmlo.orchestrator import ledger
+from mmlo.orchestrator.checkpoints import latest_checkpoints
 from mmlo.orchestrator.errors import UserError
 from mmlo.orchestrator.plan import TrialSpec, ablation_trials, confirm_trials, search_trial
 from mmlo.orchestrator.ranking import best_search_trials
 from mmlo.orchestrator.ray_engine import announce_when_up, ray_dashboard_missing
 from mmlo.orchestrator.runner import run_study
 from mmlo.orchestrator.session import Run
-from mmlo.orchestrator.trial_events import finalize_record
-from mmlo.orchestrator.checkpoints import latest_checkpoints
 from mmlo.orchestrator.spec import dump_study, parse_study, spec_changes
+from mmlo.orchestrator.trial_events import finalize_record
 from mmlo.storage import RunStore
 
 SPEC: dict[str, Any] = {

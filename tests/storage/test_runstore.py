@@ -12,8 +12,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmlo.storage import RunStore, StorageError, is_uri, join_location, normalise_location, read_parquet, shown
-from mmlo.storage import storage_full, write_parquet
+from mmlo.storage import (
+    RunStore,
+    StorageError,
+    is_uri,
+    join_location,
+    normalise_location,
+    read_parquet,
+    shown,
+    storage_full,
+    write_parquet,
+)
+
 
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:

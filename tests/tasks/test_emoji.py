@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from mmlo.tasks import offline4
-from mmlo.tasks.offline4 import emoji
 from mmlo.tasks.errors import DataMissingError
+from mmlo.tasks.offline4 import emoji
 
 
 def test_variant_not_drawn_as_one_glyph_is_refused(needs_sources: Callable[..., None]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mmlo.tasks.offline4 import glyphs
 from mmlo.tasks.errors import DataMissingError
+from mmlo.tasks.offline4 import glyphs
 from mmlo.tasks.offline4.sources import locate_font
 
 NOTO_SANS = "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf"

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from mmlo.tasks import offline4
-from mmlo.tasks.offline4 import benchmark, rendering
 from mmlo.tasks.base import SPLITS
 from mmlo.tasks.config import BenchmarkConfig
 from mmlo.tasks.errors import DataMissingError
+from mmlo.tasks.offline4 import benchmark, rendering
 from mmlo.tasks.offline4.glyphs import letter
 from mmlo.tasks.offline4.sources import ASSETS
 
