@@ -123,7 +123,8 @@ def choose(kind: str, policy: str = "auto") -> tuple[dict[str, str], str]:
     wanted = policy == "jemalloc" or (policy == "auto" and kind == "classification")
     environment = preload_environment() if wanted else {}
     if environment:
-        return environment, f"jemalloc ({environment['LD_PRELOAD'].split(':')[0]}, MALLOC_CONF={environment['MALLOC_CONF']})"
+        library = environment["LD_PRELOAD"].split(":")[0]
+        return environment, f"jemalloc ({library}, MALLOC_CONF={environment['MALLOC_CONF']})"
     if wanted:
         return {}, (
             f"system malloc ({JEMALLOC_PACKAGE} is not installed, so large meta-batches pay page faults: "

@@ -57,7 +57,7 @@ def evaluate(
                     if out.metric_before is not None
                     else [None] * len(chunk)
                 )
-                for offset, (seed, b, a) in enumerate(zip(chunk, before, after)):
+                for offset, (seed, b, a) in enumerate(zip(chunk, before, after, strict=True)):
                     rows.append(
                         {
                             "split": split,

@@ -353,7 +353,8 @@ def reference_loop_transference(
             loss = learner.task_outputs(theta, all_sources.select([i]), training=True).loss.sum()
             grads = torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
         moved = {
-            name: (p if g is None else p - alpha * g).detach() for (name, p), g in zip(theta.items(), grads)
+            name: (p if g is None else p - alpha * g).detach()
+            for (name, p), g in zip(theta.items(), grads, strict=True)
         }
         with _module_mode(learner, False):
             after_rows.append(learner.task_outputs(moved, targets, training=False).loss.detach().double())

@@ -121,7 +121,10 @@ def rewind(run_dir: Run, trial_id: str, iteration: int) -> None:
         store.write_text(f"{directory}/{PROGRESS_FILE}", "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
     for rel in _trial_files(store, trial_id):
         name = rel.rsplit("/", 1)[-1]
-        if name.startswith(TRANSFERENCE_PREFIX) and int(name.removeprefix(TRANSFERENCE_PREFIX).split(".")[0]) > iteration:
+        if (
+            name.startswith(TRANSFERENCE_PREFIX)
+            and int(name.removeprefix(TRANSFERENCE_PREFIX).split(".")[0]) > iteration
+        ):
             store.delete(rel)
     store.delete(f"{directory}/{EPISODES_FILE}")
 

@@ -104,7 +104,9 @@ def start_session(
     """Write provenance at the start of a session (a resumed study keeps its earlier sessions)."""
     record = read_provenance(run_dir) if resumed else {}
     sessions = list(record.get("sessions", []))
-    sessions.append({"started": now(), "finished": None, "wall_seconds": None, "resumed": resumed, "outcome": "running"})
+    sessions.append(
+        {"started": now(), "finished": None, "wall_seconds": None, "resumed": resumed, "outcome": "running"}
+    )
     record.update(
         {
             "study": study.name,

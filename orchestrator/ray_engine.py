@@ -410,13 +410,16 @@ def search_scheduler(study: Study) -> TrialScheduler | None:
 
 
 def study_searcher(stages: StudyStages, metric: str, mode: str) -> Any:
-    """Tune's search algorithm for a whole study: Tune's Searcher over :class:`~mmlo.orchestrator.phases.StudyStages`."""
+    """Tune's search algorithm for a whole study: Tune's Searcher over
+    :class:`~mmlo.orchestrator.phases.StudyStages`."""
     from ray.tune.search import Searcher
 
     from mmlo.orchestrator.phases import FINISHED
 
     class StudySearcher(Searcher):
-        def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
+        def set_search_properties(
+            self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+        ) -> bool:
             # The stages carry their own spaces; Tune's param_space only adds constants.
             return True
 
@@ -442,14 +445,17 @@ def _tune_callback(events: TrialEvents) -> Any:
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             events.started(trial.config)
 
-        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
             events.result(trial.config, result)
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             events.ended(trial.config, trial.last_result or {}, error=None)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            events.ended(trial.config, trial.last_result or {}, error=events.failure_text(trial.config, error_text(trial)))
+            failure = events.failure_text(trial.config, error_text(trial))
+            events.ended(trial.config, trial.last_result or {}, error=failure)
 
         def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             events.retried(trial.config, events.failure_text(trial.config, error_text(trial)))

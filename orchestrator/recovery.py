@@ -91,7 +91,8 @@ def _requeue_points(run_dir: RunStore, study_name: str, numbers: list[int]) -> N
 
     storage = journal_storage(run_dir)
     try:
-        trials = {t.number: t for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)}
+        search = optuna.load_study(study_name=study_name, storage=storage)
+        trials = {t.number: t for t in search.get_trials(deepcopy=False)}
     except KeyError:  # no journal: the search never started
         return
     points = [

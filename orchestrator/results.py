@@ -4,7 +4,8 @@
 terminal: counts per phase and state, then one line per trial (iteration/budget, last validation score,
 failure reason). ``results`` prints the ablation table from ``episodes.parquet``: one row per arm of the
 ablation and confirm phases, one column per mode plus ``all``, each cell the mean over test episodes
-(each episode averaged over seeds first, as the report does) ± ``1.96 s / sqrt(n)``; ``--format csv|json`` gives one record per (arm, mode).
+(each episode averaged over seeds first, as the report does) ± ``1.96 s / sqrt(n)``; ``--format csv|json``
+gives one record per (arm, mode).
 """
 
 from __future__ import annotations
@@ -136,7 +137,10 @@ def show_results(run_dir: RunStore | Path | str, fmt: str = "table") -> None:
     store, spec = open_run(run_dir)
     table = _load_table(store, spec)
     if fmt == "json":
-        records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in table.to_dicts()]
+        records = [
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+            for r in table.to_dicts()
+        ]
         print(json.dumps(records, indent=1))
     elif fmt == "csv":
         print(table.write_csv(), end="")
@@ -165,10 +169,20 @@ def format_table(table: pl.DataFrame) -> str:
         if r["mode"] == "all":
             seeds[r["arm"]], episodes[r["arm"]] = r["n_seeds"], r["n_episodes"]
     header = ["arm", *modes, "seeds", "episodes"]
-    body = [[a, *[cells.get((a, m), "-") for m in modes], str(seeds.get(a, "")), str(episodes.get(a, ""))] for a in arms]
+    body = [
+        [a, *[cells.get((a, m), "-") for m in modes], str(seeds.get(a, "")), str(episodes.get(a, ""))] for a in arms
+    ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    title = f"test {metric}{' (%)' if percent else ''}: mean ± 95 % CI over episodes (1.96 s/√n, episodes averaged over seeds)"
-    lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    title = (
+        f"test {metric}{' (%)' if percent else ''}: "
+        "mean ± 95 % CI over episodes (1.96 s/√n, episodes averaged over seeds)"
+    )
+    lines = [
+        title,
+        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))),
+    ]
     for row in body:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
     return "\n".join(lines)

@@ -137,7 +137,12 @@ def _run_study(
     record = provenance.start_session(
         run_dir,
         study,
-        {"name": benchmark.name, "kind": benchmark.kind, "modes": list(benchmark.modes), "fingerprint": benchmark.fingerprint()},
+        {
+            "name": benchmark.name,
+            "kind": benchmark.kind,
+            "modes": list(benchmark.modes),
+            "fingerprint": benchmark.fingerprint(),
+        },
         resumed=resume,
         sampler=_sampler_record(study),
         address=address,
@@ -399,7 +404,8 @@ def _write_report(run_dir: RunStore) -> None:
         path = write_report(run_dir)
     except Exception as err:  # noqa: BLE001 - the Parquet tables are the study's result; the report is a view
         print(
-            f"report: not written ({type(err).__name__}: {err}); retry with `mmlo report {shlex.quote(run_dir.where())}`",
+            f"report: not written ({type(err).__name__}: {err}); "
+            f"retry with `mmlo report {shlex.quote(run_dir.where())}`",
             file=sys.stderr,
         )
         return

@@ -2,8 +2,8 @@
 
 Tables are rebuilt from the ledger (:mod:`mmlo.orchestrator.ledger`) whenever a trial finishes and at the
 end of a study, each written atomically into the run's store (:mod:`mmlo.storage`): a reader, or a
-crash, never sees half a table. Rebuilding from the ledger rather than appending makes the tables idempotent: a resumed study
-writes the same rows once, whatever happened before.
+crash, never sees half a table. Rebuilding from the ledger rather than appending makes the tables idempotent: a
+resumed study writes the same rows once, whatever happened before.
 
 - ``trials.parquet``: one row per finished trial (``completed``, ``stopped_early`` or ``failed``) with one
   ``cfg_<field>`` column per :class:`LearnerConfig` and :class:`TrainConfig` field;

@@ -967,7 +967,7 @@ def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
             for key in list(a) + [k for k in b if k not in a]:
                 walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
                 walk(x, y, f"{path}.{i}")
         elif a != b:
             out.append(f"{path}: {json.dumps(a)} -> {json.dumps(b)}")

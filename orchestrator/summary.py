@@ -133,7 +133,9 @@ def summarize(study: Study, file: Path | str) -> str:
     lines.extend(gpu_lines(study))
     lines.append(f"  trials     {study.trial_count()} in all; {fits} at once on this machine ({reason})")
     if study.resources.memory_limit_mb is not None:
-        lines.append(f"  memory     at most {study.resources.memory_limit_mb} MiB per trial (resources.memory_limit_mb)")
+        lines.append(
+            f"  memory     at most {study.resources.memory_limit_mb} MiB per trial (resources.memory_limit_mb)"
+        )
     if fits == 0:
         lines.append(
             "  warning    no trial fits on this machine: lower resources.cpus_per_trial/gpus_per_trial "

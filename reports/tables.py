@@ -757,13 +757,15 @@ def unmodulated_bases(trials: pl.DataFrame, *, arms: Sequence[str]) -> dict[str,
         ]
         if not candidates:
             continue
-
-        def shared(other: str) -> int:
-            theirs = settings[other]
-            return sum(1 for k, v in own.items() if k not in _MODULATION_SETTINGS and theirs.get(k) == v)
-
-        bases[arm] = max(candidates, key=lambda other: (shared(other), -candidates.index(other)))
+        bases[arm] = max(
+            candidates, key=lambda other: (_shared_settings(own, settings[other]), -candidates.index(other))
+        )
     return bases
+
+
+def _shared_settings(own: dict[str, Any], theirs: dict[str, Any]) -> int:
+    """How many of an arm's settings another arm shares, the modulation's own settings aside."""
+    return sum(1 for k, v in own.items() if k not in _MODULATION_SETTINGS and theirs.get(k) == v)
 
 
 class ModulationEffect(NamedTuple):
@@ -805,7 +807,10 @@ def effect_sentence(effect: ModulationEffect, metric_name: str) -> str:
     """One modulation's result in words, e.g. 'KML vs ProtoNet: +3.10 ± 1.20 accuracy points (paired 95 % CI
     over 600 shared test episodes); the interval excludes zero: KML is better.'"""
     percent = metric_name == "accuracy"
-    scale, unit = (100.0, "accuracy points") if percent else (1.0, metric_name.upper() if metric_name == "mse" else metric_name)
+    if percent:
+        scale, unit = 100.0, "accuracy points"
+    else:
+        scale, unit = 1.0, metric_name.upper() if metric_name == "mse" else metric_name
     digits = 2 if percent else 4
     interval = f"{effect.diff * scale:+.{digits}f}"
     if effect.half is not None and math.isfinite(effect.half):
