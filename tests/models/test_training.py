@@ -89,7 +89,9 @@ def test_reports_checkpoints_and_result(tmp_path: Path) -> None:
 def test_resume_is_bit_exact(tmp_path: Path) -> None:
     # stopping after iteration 4 and resuming gives the uninterrupted run's weights, reports and test values
     full_reports: list[dict[str, float]] = []
-    full = fit(SMALL_MAML, _train(), _bench(), report=lambda m, c: full_reports.append(m), checkpoint_dir=tmp_path / "a")
+    full = fit(
+        SMALL_MAML, _train(), _bench(), report=lambda m, c: full_reports.append(m), checkpoint_dir=tmp_path / "a"
+    )
     fit(SMALL_MAML, _train(iterations=4), _bench(), checkpoint_dir=tmp_path / "b")
     resumed_reports: list[dict[str, float]] = []
     resumed = fit(

@@ -59,7 +59,10 @@ def test_trial_plan_gives_each_arm_its_budget(tmp_path: Path) -> None:
 
 def test_search_and_confirm_follow_the_base_arms_budget(tmp_path: Path) -> None:
     # a search from KML trains KML's 300 iterations (unless search.iterations says otherwise); confirm too
-    text = TWO_PROTOCOLS + "search:\n  trials: 2\n  base: KML\n  space:\n    lr: {type: float, low: 0.001, high: 0.01}\nconfirm: {top_k: 1}\n"
+    text = TWO_PROTOCOLS + (
+        "search:\n  trials: 2\n  base: KML\n  space:\n    lr: {type: float, low: 0.001, high: 0.01}\n"
+        "confirm: {top_k: 1}\n"
+    )
     study = _load(tmp_path, text)
     assert search_iterations(study) == 300
     trial = search_trial(study, 0, {"lr": 0.002})
@@ -83,7 +86,9 @@ def test_search_and_confirm_follow_the_base_arms_budget(tmp_path: Path) -> None:
 )
 def test_bad_arm_override_names_its_key_and_line(tmp_path: Path, override: str, key: str, message: str) -> None:
     # a bad per-arm override is one SpecError naming the arm's YAML key path and line, never a traceback
-    text = TWO_PROTOCOLS.replace("train: {iterations: 300, lr_decay_every: 100, lr_decay_factor: 0.5}", f"train: {override}")
+    text = TWO_PROTOCOLS.replace(
+        "train: {iterations: 300, lr_decay_every: 100, lr_decay_factor: 0.5}", f"train: {override}"
+    )
     err = _error(tmp_path, text)
     assert err.key == key and err.line == 7 and message in str(err), str(err)
 
@@ -125,7 +130,9 @@ def test_validate_summary_shows_an_arms_own_schedule(tmp_path: Path) -> None:
 def test_arms_set_their_own_architecture(tmp_path: Path) -> None:
     # architecture keys are learner settings, so an arm overrides the study's model block with its own
     text = TWO_PROTOCOLS.replace("benchmark: {name: regression2, shots: 5, query: 5}", "benchmark: {name: offline4}")
-    text = text.replace("{name: MAML, learner: maml}", "{name: MAML, learner: maml, downsample: stride, channels: [8, 8]}")
+    text = text.replace(
+        "{name: MAML, learner: maml}", "{name: MAML, learner: maml, downsample: stride, channels: [8, 8]}"
+    )
     text += "model: {channels: [16, 16, 16, 16], downsample: maxpool}\n"
     study = _load(tmp_path, text)
     maml, kml = (study.learner_config(arm) for arm in study.arms)

@@ -404,8 +404,12 @@ def node_lost(rig: Rig, data_missing: Any, tmp_path_factory: pytest.TempPathFact
     has one node afterwards."""
     cwd = tmp_path_factory.mktemp("nodeloss")
     spec = yaml.safe_load(SMOKE.read_text())
-    spec.update(name="nodeloss", seeds=[0], phases=["ablation"],
-                arms=[{"name": "A", "learner": "protonet"}, {"name": "B", "learner": "protonet", "train": {"lr": 0.002}}])
+    spec.update(
+        name="nodeloss",
+        seeds=[0],
+        phases=["ablation"],
+        arms=[{"name": "A", "learner": "protonet"}, {"name": "B", "learner": "protonet", "train": {"lr": 0.002}}],
+    )
     spec["budget"].update(iterations=4000, val_interval=200)
     spec["resources"]["max_failures"] = 1
     for key in ("search", "scheduler", "transference"):

@@ -57,11 +57,15 @@ def test_optuna_is_told_the_metric_and_the_cost_of_each_trial(run: Any) -> None:
     # the journal's study has two directions; each completed trial's values are its (val_metric, params_total)
     result, run_dir = run
     assert result.returncode == 0, result.stdout + result.stderr
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
+    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+    storage = optuna.storages.JournalStorage(backend)
     ot_study = optuna.load_study(study_name="cost", storage=storage)
     assert ot_study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
     trials = pl.read_parquet(run_dir / "trials.parquet").filter(pl.col("phase") == "search")
-    recorded = {int(t.removeprefix("search-")): (v, p) for t, v, p in trials.select("trial_id", "val_metric", "params_total").iter_rows()}
+    recorded = {
+        int(t.removeprefix("search-")): (v, p)
+        for t, v, p in trials.select("trial_id", "val_metric", "params_total").iter_rows()
+    }
     told = {t.number: tuple(t.values) for t in ot_study.trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert len(told) == STUDY["search"]["trials"]
     for number, (value, params) in told.items():

@@ -170,7 +170,9 @@ def test_status_shows_the_holder_and_a_crashed_driver(local: RunStore) -> None:
 
 def test_second_driver_refused_before_touching_the_run(local: RunStore, tmp_path: Path) -> None:
     # run_study with a live lease elsewhere: LeaseHeld (exit 2 in the CLI), nothing written
-    study = parse_study({"name": "run", "benchmark": {"name": "regression2"}, "arms": [{"name": "M", "learner": "maml"}]})
+    study = parse_study(
+        {"name": "run", "benchmark": {"name": "regression2"}, "arms": [{"name": "M", "learner": "maml"}]}
+    )
     plant(local, elsewhere(1.0))
     before = sorted(local.list())
     with pytest.raises(LeaseHeld, match="node-b"):
@@ -182,7 +184,9 @@ def test_refused_resume_leaves_no_empty_folder(tmp_path: Path) -> None:
     # --resume where there is no run: the lease was taken and given back, and no run folder remains
     from mmlo.orchestrator.errors import UserError
 
-    study = parse_study({"name": "nothing", "benchmark": {"name": "regression2"}, "arms": [{"name": "M", "learner": "maml"}]})
+    study = parse_study(
+        {"name": "nothing", "benchmark": {"name": "regression2"}, "arms": [{"name": "M", "learner": "maml"}]}
+    )
     with pytest.raises(UserError, match="no run to resume"):
         run_study(study, study_file=tmp_path / "s.yaml", out=tmp_path / "new" / "runs", resume=True, dashboard=False)
     assert list(tmp_path.iterdir()) == []

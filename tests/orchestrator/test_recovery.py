@@ -79,4 +79,5 @@ def test_damaged_episodes_and_transference_parts(tmp_path: Path) -> None:
     assert "transference-00000004.parquet (unreadable): removed" in lines[1]
     assert f"mmlo transference {run} --trial ablation-01-s0 --checkpoint 4" in lines[1]
     assert sorted(ledger.finished(run)) == ["ablation-01-s0"]
-    assert ledger.damaged_tables(run) == [] and ledger.read_table(run, "parts/ablation-01-s0/episodes.parquet") is not None
+    assert ledger.damaged_tables(run) == []
+    assert ledger.read_table(run, "parts/ablation-01-s0/episodes.parquet") is not None

@@ -36,7 +36,12 @@ def study(**changes: Any) -> Any:
 def test_trial_ids_are_stable_and_unique() -> None:
     # ids depend only on the spec: arm index and seed, Optuna number, source trial and seed
     s = study()
-    assert [t.trial_id for t in ablation_trials(s)] == ["ablation-00-s0", "ablation-00-s1", "ablation-01-s0", "ablation-01-s1"]
+    assert [t.trial_id for t in ablation_trials(s)] == [
+        "ablation-00-s0",
+        "ablation-00-s1",
+        "ablation-01-s0",
+        "ablation-01-s1",
+    ]
     found = search_trial(s, 7, {"inner_lr": 0.01})
     assert (found.trial_id, found.arm, found.base, found.iterations) == ("search-007", "search-007", "MMAML", 10)
     assert found.learner_config(s).learner == "mmaml" and found.learner_config(s).inner_lr == 0.01

@@ -298,9 +298,18 @@ def test_optuna_search_private_state_is_where_mmlo_reads_it(tmp_path: Any) -> No
 
 @pytest.mark.parametrize(
     ("iterations", "val_interval", "grace", "factor"),
-    [(200, 50, None, 2.0), (200, 50, 1, 2.0), (400, 25, None, 2.0), (400, 25, 2, 3.0), (90, 10, 1, 1.5), (10, 5, 2, 2.0)],
+    [
+        (200, 50, None, 2.0),
+        (200, 50, 1, 2.0),
+        (400, 25, None, 2.0),
+        (400, 25, 2, 3.0),
+        (90, 10, 1, 1.5),
+        (10, 5, 2, 2.0),
+    ],
 )
-def test_rung_iterations_are_rays_asha_rungs(iterations: int, val_interval: int, grace: int | None, factor: float) -> None:
+def test_rung_iterations_are_rays_asha_rungs(
+    iterations: int, val_interval: int, grace: int | None, factor: float
+) -> None:
     # the rungs the report names are the ones Ray's ASHA bracket judges at, below the last validation
     from mmlo.orchestrator.ray_engine import search_scheduler
 

@@ -62,7 +62,9 @@ def episode_rows(n: int) -> list[dict[str, Any]]:
 def run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "s"
     ledger.write_record(run, record("ablation-00-s0", "completed"))
-    ledger.write_record(run, record("ablation-01-s0", "failed", failure_reason="TrainingDiverged: nan", val_metric=None))
+    ledger.write_record(
+        run, record("ablation-01-s0", "failed", failure_reason="TrainingDiverged: nan", val_metric=None)
+    )
     ledger.write_record(run, record("search-000", "stopped_early", phase="search", iterations_done=2))
     ledger.write_record(run, record("ablation-02-s0", "running"))
     for trial_id in ("ablation-00-s0", "ablation-02-s0"):

@@ -24,7 +24,18 @@ def _error(tmp_path: Path, text: str) -> SpecError:
     return info.value
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "kml_ablation.yaml", "regression.yaml", "paper_regression.yaml", "paper_mm2.yaml", "paper_mm3.yaml", "paper_mm5.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "smoke.yaml",
+        "kml_ablation.yaml",
+        "regression.yaml",
+        "paper_regression.yaml",
+        "paper_mm2.yaml",
+        "paper_mm3.yaml",
+        "paper_mm5.yaml",
+    ],
+)
 def test_shipped_studies_are_valid(name: str) -> None:
     # every study shipped in studies/ loads without error
     path = ROOT / "studies" / name
@@ -152,7 +163,9 @@ def test_bad_search_parameter(tmp_path: Path, param: str, message: str) -> None:
 
 def test_unknown_search_parameter(tmp_path: Path) -> None:
     # only learner and training fields can be searched
-    err = _error(tmp_path, MINIMAL + "search:\n  trials: 2\n  space:\n    inner_lrr: {type: float, low: 0.1, high: 1}\n")
+    err = _error(
+        tmp_path, MINIMAL + "search:\n  trials: 2\n  space:\n    inner_lrr: {type: float, low: 0.1, high: 1}\n"
+    )
     assert "unknown parameter 'inner_lrr'" in str(err)
 
 
@@ -201,7 +214,8 @@ def test_fingerprint_ignores_output_but_not_science(tmp_path: Path) -> None:
 
 def test_multi_document_file(tmp_path: Path) -> None:
     # a file may hold several studies as YAML documents; each is validated with its own line numbers
-    two = MINIMAL + "---\n" + MINIMAL.replace("name: t", "name: u").replace("regression2", "regression3") + "train: {meta_batch: 6}\n"
+    second = MINIMAL.replace("name: t", "name: u").replace("regression2", "regression3")
+    two = MINIMAL + "---\n" + second + "train: {meta_batch: 6}\n"
     studies = load_studies(_write(tmp_path, two))
     assert [s.name for s in studies] == ["t", "u"]
     bad = MINIMAL + "---\n" + MINIMAL.replace("name: t", "name: u") + "budget: {iterations: 0}\n"

@@ -124,7 +124,8 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
         spec.pop(key, None)
     file = out / "failing.yaml"
     file.write_text(yaml.safe_dump(spec))
-    return mmlo("study", str(file), "--out", str(out), "--no-dashboard", env={"MMLO_FAIL_ARM": "Raises"}), out / "failing"
+    result = mmlo("study", str(file), "--out", str(out), "--no-dashboard", env={"MMLO_FAIL_ARM": "Raises"})
+    return result, out / "failing"
 
 
 def test_smoke_study_exits_0_with_the_documented_tables(straight: Any, smoke: Any) -> None:
@@ -206,7 +207,8 @@ def test_ablation_phase_is_deterministic(straight: Any, killed_and_resumed: Any)
     columns = ["trial_id", "mode", "episode", "episode_seed", "value_after"]
 
     def ablation(run_dir: Path) -> pl.DataFrame:
-        return table(run_dir, "episodes.parquet").filter(pl.col("phase") == "ablation").select(columns).sort(columns[:3])
+        episodes = table(run_dir, "episodes.parquet")
+        return episodes.filter(pl.col("phase") == "ablation").select(columns).sort(columns[:3])
 
     assert ablation(first).equals(ablation(second))
     val = ["trial_id", "val_metric"]
@@ -221,9 +223,9 @@ def test_failing_arms_are_recorded_and_the_study_completes(failing: Any, straigh
     result, run_dir = failing
     assert result.returncode == 0, result.stdout + result.stderr
     trials = table(run_dir, "trials.parquet").sort("trial_id")
-    states = dict(zip(trials["arm"], trials["state"]))
+    states = dict(zip(trials["arm"], trials["state"], strict=True))
     assert states == {"ProtoNet": "completed", "Diverges": "failed", "Raises": "failed"}
-    reasons = dict(zip(trials["arm"], trials["failure_reason"]))
+    reasons = dict(zip(trials["arm"], trials["failure_reason"], strict=True))
     assert reasons["ProtoNet"] is None
     assert reasons["Diverges"].startswith("TrainingDiverged: meta-loss is nan")
     assert reasons["Raises"].startswith("DeliberateFailure: MMLO_FAIL_ARM=Raises")
@@ -247,7 +249,8 @@ def test_damaged_records_are_named_and_their_trials_run_again(damaged_and_resume
     assert "Traceback" not in resumed.stdout + resumed.stderr
     for trial_id in DAMAGED:
         assert f"damaged trial record {run_dir / 'parts' / trial_id / 'trial.json'} (unreadable)" in resumed.stdout
-    assert f"damaged part file {run_dir / 'parts' / DAMAGED_EPISODES / 'episodes.parquet'} (unreadable)" in resumed.stdout
+    damaged = run_dir / "parts" / DAMAGED_EPISODES / "episodes.parquet"
+    assert f"damaged part file {damaged} (unreadable)" in resumed.stdout
     assert ledger.damaged(run_dir) == []
     trials = table(run_dir, "trials.parquet")
     assert trials["trial_id"].is_unique().all() and "search-001" not in trials["trial_id"].to_list()

@@ -65,7 +65,10 @@ def test_each_modulated_arm_is_paired_with_the_closest_unmodulated_arm_of_its_ba
 def test_no_base_without_an_unmodulated_arm_or_recorded_settings() -> None:
     # a study whose only ProtoNet-family baseline is an oracle has no base for MProtoNet; old runs have no cfg_*
     trials = pl.DataFrame(
-        [_trial("Multi-ProtoNet", "multi_protonet", "none", "protonet"), _trial("MProtoNet", "mprotonet", "film", "protonet")]
+        [
+            _trial("Multi-ProtoNet", "multi_protonet", "none", "protonet"),
+            _trial("MProtoNet", "mprotonet", "film", "protonet"),
+        ]
     )
     assert unmodulated_bases(trials, arms=("Multi-ProtoNet", "MProtoNet")) == {}
     bare = pl.DataFrame({"phase": ["ablation"], "arm": ["KML"], "seed": [0]})
@@ -77,15 +80,24 @@ def _episodes(values: dict[str, list[float]]) -> pl.DataFrame:
     for arm, series in values.items():
         for i, value in enumerate(series):
             mode = "a" if i < 4 else "b"
-            rows.append({"arm": arm, "seed": 0, "mode": mode, "episode": i % 4, "episode_seed": 100 + i % 4, "value_after": value})
+            rows.append(
+                {
+                    "arm": arm,
+                    "seed": 0,
+                    "mode": mode,
+                    "episode": i % 4,
+                    "episode_seed": 100 + i % 4,
+                    "value_after": value,
+                }
+            )
     return pl.DataFrame(rows)
 
 
 def test_paired_interval_excludes_zero_or_not() -> None:
     # KML: +0.1/+0.2 over ProtoNet -> better; MMAML: +0.1/-0.1 over MAML -> no difference shown
     base = [0.5, 0.4, 0.6, 0.5, 0.3, 0.7, 0.5, 0.4]
-    up = [b + d for b, d in zip(base, [0.1, 0.2] * 4)]
-    wobble = [b + d for b, d in zip(base, [0.1, -0.1] * 4)]
+    up = [b + d for b, d in zip(base, [0.1, 0.2] * 4, strict=True)]
+    wobble = [b + d for b, d in zip(base, [0.1, -0.1] * 4, strict=True)]
     episodes = _episodes({"ProtoNet": base, "KML": up, "MAML": base, "MMAML": wobble})
     trials = TRIALS.filter(pl.col("arm").is_in(["ProtoNet", "KML", "MAML", "MMAML"]))
     arms = ("ProtoNet", "KML", "MAML", "MMAML")

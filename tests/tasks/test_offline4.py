@@ -150,7 +150,9 @@ def test_worker_pool_gives_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> N
     assert seen == [(0, 8), (4, 8), (8, 8)]
 
 
-def test_build_gives_episodes_and_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, needs_sources: Callable[..., None]) -> None:
+def test_build_gives_episodes_and_reuses_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, needs_sources: Callable[..., None]
+) -> None:
     # build() honours modes, image size and max_classes; a second build reads the cache without rendering,
     # and a larger cached bank serves a smaller max_classes as its prefix.
     needs_sources("textures", "glyphs")

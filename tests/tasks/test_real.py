@@ -67,7 +67,11 @@ def _assert_banks_match(bench: real.ImageBenchmark, mode: str, class_ids: dict[s
         batch = bench.tasks(split, [bench.modes.index(mode)] * 4, list(range(4)))
         for t in range(4):
             seen: dict[int, str] = {}
-            for x, y in [*zip(batch.support_x[t], batch.support_y[t]), *zip(batch.query_x[t], batch.query_y[t])]:
+            pairs = [
+                *zip(batch.support_x[t], batch.support_y[t], strict=True),
+                *zip(batch.query_x[t], batch.query_y[t], strict=True),
+            ]
+            for x, y in pairs:
                 pixels = (x.permute(1, 2, 0).numpy() * 255).round()
                 assert seen.setdefault(int(y), _nearest_class(pixels, expected)) == _nearest_class(pixels, expected)
             assert len(set(seen.values())) == bench.ways
@@ -323,7 +327,7 @@ def test_cub_mmaml_class_split(tmp_path: Path) -> None:
         assert bench.bank("cub", split).class_names == tuple(names[i] for i in order)
     train = {names[i]: i for i in SPLIT_OF_10["train"] if i != 3}
     bank = bench.bank("cub", "train")
-    for name, c in train.items():
+    for name in train:
         assert all(_nearest_class(img, train) == name for img in bank.class_images(bank.class_names.index(name)))
 
 

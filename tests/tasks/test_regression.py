@@ -80,7 +80,7 @@ def test_tasks_carry_their_mode_labels_and_family_data() -> None:
     seeds = [11, 12, 13, 14, 15, 16]
     batch = bench.tasks("train", modes, seeds)
     assert batch.mode.tolist() == modes and batch.seed.tolist() == seeds
-    for i, (m, s) in enumerate(zip(modes, seeds)):
+    for i, (m, s) in enumerate(zip(modes, seeds, strict=True)):
         ref = sample_family("train", bench.modes[m], [s], 10)
         x = torch.cat([batch.support_x[i], batch.query_x[i]]).squeeze(-1).double().numpy()
         y = torch.cat([batch.support_y[i], batch.query_y[i]]).squeeze(-1).double().numpy()
