@@ -18,10 +18,11 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.orchestrator.errors import UserError
@@ -58,38 +59,49 @@ def _subset(name: str, source: type[BaseModel], names: tuple[str, ...], *, optio
     return create_model(name, __config__=config, __doc__=doc, **fields)
 
 
-TrainSettings = _subset(
-    "TrainSettings", TrainConfig, TRAIN_FIELDS, optional=False, doc="Outer-loop optimiser settings."
-)
 #: What an arm's own ``train`` block may set: the optimiser settings and its own length, so that one study can
 #: hold each paper's arms with their own schedule (KML's ProtoNet family: 30,000 iterations with the learning
 #: rate halved every 10,000; MMAML's MAML family: 60,000 at a constant rate).
 ARM_TRAIN_FIELDS = (*TRAIN_FIELDS, "iterations")
-TrainOverrides = _subset(
-    "TrainOverrides",
-    TrainConfig,
-    ARM_TRAIN_FIELDS,
-    optional=True,
-    doc="Per-arm training schedule: optimiser settings and iterations that differ from the study's.",
-)
-Budget = _subset("Budget", TrainConfig, BUDGET_FIELDS, optional=False, doc="Training and evaluation budget.")
-LearnerDefaults = _subset(
-    "LearnerDefaults",
-    LearnerConfig,
-    tuple(LearnerConfig.model_fields),
-    optional=True,
-    doc="Learner settings shared by every arm (an arm's own keys win).",
-)
-_ArmBase = _subset(
-    "ArmBase", LearnerConfig, tuple(LearnerConfig.model_fields), optional=True, doc="One learner arm."
-)
+
+if TYPE_CHECKING:
+    # mypy cannot see the fields of models that create_model builds at run time: it checks each subset as a
+    # model with the fields of the one it is cut from (same names and types; the optional subsets' may be None).
+    class TrainSettings(TrainConfig): ...
+    class TrainOverrides(TrainConfig): ...
+    class Budget(TrainConfig): ...
+    class LearnerDefaults(LearnerConfig): ...
+    class _ArmBase(LearnerConfig): ...
+
+else:
+    TrainSettings = _subset(
+        "TrainSettings", TrainConfig, TRAIN_FIELDS, optional=False, doc="Outer-loop optimiser settings."
+    )
+    TrainOverrides = _subset(
+        "TrainOverrides",
+        TrainConfig,
+        ARM_TRAIN_FIELDS,
+        optional=True,
+        doc="Per-arm training schedule: optimiser settings and iterations that differ from the study's.",
+    )
+    Budget = _subset("Budget", TrainConfig, BUDGET_FIELDS, optional=False, doc="Training and evaluation budget.")
+    LearnerDefaults = _subset(
+        "LearnerDefaults",
+        LearnerConfig,
+        tuple(LearnerConfig.model_fields),
+        optional=True,
+        doc="Learner settings shared by every arm (an arm's own keys win).",
+    )
+    _ArmBase = _subset(
+        "ArmBase", LearnerConfig, tuple(LearnerConfig.model_fields), optional=True, doc="One learner arm."
+    )
 
 
-class Arm(_ArmBase):  # type: ignore[misc, valid-type]
+class Arm(_ArmBase):
     """One row of the ablation table: a named learner configuration (unset keys come from ``model``)."""
 
     name: str = Field(..., min_length=1, max_length=60, description="Arm name shown in tables and charts.")
-    train: TrainOverrides | None = Field(  # type: ignore[valid-type]
+    train: TrainOverrides | None = Field(
         None,
         description=(
             "This arm's training schedule where it differs from the study's: optimiser settings (lr, "
@@ -353,13 +365,13 @@ class Study(BaseModel):
     )
     description: str = Field("", description="Free text shown in the report header.")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Task distribution.")
-    model: LearnerDefaults = Field(  # type: ignore[valid-type]
+    model: LearnerDefaults = Field(
         default_factory=LearnerDefaults, description="Learner settings shared by every arm."
     )
-    train: TrainSettings = Field(  # type: ignore[valid-type]
+    train: TrainSettings = Field(
         default_factory=TrainSettings, description="Outer-loop optimiser settings."
     )
-    budget: Budget = Field(default_factory=Budget, description="Training and evaluation budget.")  # type: ignore[valid-type]
+    budget: Budget = Field(default_factory=Budget, description="Training and evaluation budget.")
     arms: list[Arm] = Field(default_factory=list, description="Learner arms of the ablation grid.")
     baseline: str | None = Field(
         None, description="Arm that paired differences are measured against (default: the first arm)."
@@ -582,7 +594,7 @@ MAX_SHOWN_KEY, MAX_SHOWN_VALUE = 120, 80
 #: controls, which could rewrite the terminal that prints a summary or disguise what a value says.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 #: Python types the safe loader builds from YAML tags that no study field takes.
-_FOREIGN = {bytes: "!!binary", set: "!!set", tuple: "!!omap/!!pairs"}
+_FOREIGN: dict[type, str] = {bytes: "!!binary", set: "!!set", tuple: "!!omap/!!pairs"}
 _INT_TAG = "tag:yaml.org,2002:int"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -613,6 +625,12 @@ def _path_step(parent: yaml.Node | None, index: Any) -> str | None:
     return None
 
 
+class _Mark(Protocol):
+    """Where a YAML event or node starts (PyYAML's and libyaml's marks alike)."""
+
+    line: int
+
+
 class _StudyLoader(yaml.SafeLoader):
     """PyYAML's safe loader with budgets, so that no file can hang the loader or exhaust memory.
 
@@ -633,16 +651,16 @@ class _StudyLoader(yaml.SafeLoader):
         self.open: set[str] = set()  # anchors of the lists and mappings being composed
         self.where: dict[int, tuple[str, ...]] = {}  # id(node) -> key path, for constructor errors
 
-    def refuse(self, mark: yaml.Mark, message: str, path: list[str] | tuple[str, ...] | None = None) -> SpecError:
+    def refuse(self, mark: _Mark | None, message: str, path: list[str] | tuple[str, ...] | None = None) -> SpecError:
         key = ".".join(self.path if path is None else path)
-        return SpecError(self.file, message, key or None, mark.line + 1)
+        return SpecError(self.file, message, key or None, mark.line + 1 if mark is not None else None)
 
-    def compose_document(self) -> yaml.Node:
+    def compose_document(self) -> yaml.Node | None:
         self.expanded.clear()  # anchors are local to a document; the value budget holds for the whole file
-        node: yaml.Node = super().compose_document()
+        node = super().compose_document()
         return node
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
         step = _path_step(parent, index)
         if step is not None:
@@ -651,7 +669,7 @@ class _StudyLoader(yaml.SafeLoader):
         try:
             if isinstance(event, yaml.AliasEvent):
                 self._count_alias(event)
-                alias: yaml.Node = super().compose_node(parent, index)
+                alias = super().compose_node(parent, index)
                 return alias
             if self.depth > MAX_DEPTH:
                 raise self.refuse(
@@ -670,7 +688,7 @@ class _StudyLoader(yaml.SafeLoader):
             self.reach = self.depth
             if anchor is not None:
                 self.open.add(anchor)
-            node: yaml.Node = super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
             self.where[id(node)] = tuple(self.path)
             if anchor is not None:
                 self.open.discard(anchor)
@@ -682,7 +700,7 @@ class _StudyLoader(yaml.SafeLoader):
             if step is not None:
                 self.path.pop()
 
-    def _count(self, mark: yaml.Mark, values: int, alias: str | None = None) -> None:
+    def _count(self, mark: _Mark | None, values: int, alias: str | None = None) -> None:
         self.values += values
         if self.values <= MAX_VALUES:
             return
@@ -716,7 +734,8 @@ class _StudyLoader(yaml.SafeLoader):
         self.reach = max(self.reach, self.depth - 1 + levels)
         self._count(event.start_mark, values, anchor)
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+    # types-PyYAML types the anchor as a dict; PyYAML passes the event's anchor name (str | None).
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
         node: yaml.MappingNode = super().compose_mapping_node(anchor)
         first: dict[tuple[str, str], int] = {}
         for key, _ in node.value:
@@ -825,7 +844,7 @@ def _first_message(err: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
     """Map every key path of a composed YAML document to its 1-based line number."""
     lines: dict[tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
@@ -848,7 +867,7 @@ def _line_for(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int | 
     return None
 
 
-def _location(err: dict[str, Any]) -> tuple[str, ...]:
+def _location(err: ErrorDetails) -> tuple[str, ...]:
     """Key path of a pydantic error, without the union/validator tags pydantic inserts."""
     parts = []
     for p in err["loc"]:
@@ -859,7 +878,7 @@ def _location(err: dict[str, Any]) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return "unknown key (check the spelling; `mmlo schema` lists every key)"
