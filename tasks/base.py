@@ -41,7 +41,7 @@ class Prepared:
     """What ``mmlo data prepare`` made ready: classes per mode and split, and the folder it is in (None: not
     stated)."""
 
-    classes: dict[str, dict[str, int]]
+    classes: dict[str, dict[Split, int]]
     location: Path | None = None
 
 

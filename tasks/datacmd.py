@@ -18,7 +18,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
-from mmlo.tasks.base import SPLITS, DataRow, Progress
+from mmlo.tasks.base import SPLITS, DataRow, Progress, Split
 from mmlo.tasks.config import BenchmarkConfig
 from mmlo.tasks.registry import benchmark_names, data_status, prepare_data, preview_grid
 
@@ -76,7 +76,7 @@ def prepare(
     root: Path | None = None,
     config: BenchmarkConfig | None = None,
     progress: Progress | None = None,
-) -> dict[str, dict[str, int]]:
+) -> dict[str, dict[Split, int]]:
     """Make benchmark ``name`` ready for a study; prints and returns the classes per mode and split.
 
     ``config`` (a study's benchmark block) says exactly what to prepare (modes, image size, samples per

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def _root(cfg: BenchmarkConfig) -> Path:
     return cfg.root
 
 
-def prepare(cfg: BenchmarkConfig, progress: Progress | None = None) -> dict[str, dict[str, int]]:
+def prepare(cfg: BenchmarkConfig, progress: Progress | None = None) -> dict[str, dict[Split, int]]:
     """Decode and resize every mode's images into the cache, once; return the class counts per mode and split.
 
     Splits already in the cache are not read again. Every mode that needs reading is checked for its files
@@ -178,7 +179,7 @@ def _write_split(
     os.replace(tmp_meta, target / f"{split}.json")
 
 
-def _load_meta(cfg: BenchmarkConfig, mode: str) -> dict[str, dict]:
+def _load_meta(cfg: BenchmarkConfig, mode: str) -> dict[Split, dict[str, Any]]:
     """The cached metadata of every split of ``mode``, or DataMissingError saying how to create it.
 
     Only the cache is needed once it exists: workers can train without the raw dataset files.
@@ -186,7 +187,7 @@ def _load_meta(cfg: BenchmarkConfig, mode: str) -> dict[str, dict]:
     root = _root(cfg)
     layout = LAYOUTS[mode]
     target = _mode_cache(cfg, mode)
-    metas = {}
+    metas: dict[Split, dict[str, Any]] = {}
     for split in SPLITS:
         path = target / f"{split}.json"
         if not path.is_file():
@@ -228,13 +229,13 @@ def _capped(n: int, cap: int | None) -> int:
 def build(cfg: BenchmarkConfig) -> ImageBenchmark:
     """The benchmark ``cfg.name`` over the prepared cache; images are memory-mapped on first use."""
     size = image_size(cfg)
-    banks: dict[str, Mapping[str, Callable[[], ClassBank]]] = {}
+    banks: dict[str, Mapping[Split, Callable[[], ClassBank]]] = {}
     recipe: dict[str, object] = {"name": cfg.name, "image_size": size, "recipe_version": RECIPE_VERSION}
     for mode in modes_of(cfg):
         metas = _load_meta(cfg, mode)
         rotations = _rotations(cfg, mode)
         target = _mode_cache(cfg, mode)
-        splits: dict[str, Callable[[], ClassBank]] = {}
+        splits: dict[Split, Callable[[], ClassBank]] = {}
         for split, meta in metas.items():
             n = _capped(len(meta["class_names"]), cfg.max_classes)
             names = tuple(meta["class_names"][:n])

@@ -83,8 +83,8 @@ class Layout:
 def decode(path: Path, size: int, channels: int) -> np.ndarray:
     """One image file as uint8 ``[size, size, channels]`` (squashed to a square, LANCZOS), or an error naming it."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("L" if channels == 1 else "RGB")
             if image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.LANCZOS)
             pixels = np.asarray(image, dtype=np.uint8)

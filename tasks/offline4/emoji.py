@@ -95,8 +95,9 @@ def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
 def draw_font_emoji(path: str, size: int, text: str) -> Image.Image:
     """``text`` drawn in colour by the font at ``path`` on a transparent canvas (RGBA)."""
     font = load_font(path, size)
-    left, top, right, bottom = font.getbbox(text)
-    canvas = Image.new("RGBA", (max(1, right - left) + 4, max(1, bottom - top) + 4), (0, 0, 0, 0))
+    left, top, right, bottom = font.getbbox(text)  # whole pixels: Pillow's floats come from a stroke width, unused
+    width, height = int(right - left), int(bottom - top)
+    canvas = Image.new("RGBA", (max(1, width) + 4, max(1, height) + 4), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((2 - left, 2 - top), text, font=font, embedded_color=True)
     return canvas
 

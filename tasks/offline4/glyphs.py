@@ -90,8 +90,9 @@ def covers(path: str, char: str) -> bool:
 
 def _outline(path: str, char: str, size: int, margin: int = 2) -> Image.Image:
     font = _font(path, size)
-    left, top, right, bottom = font.getbbox(char)
-    canvas = Image.new("L", (max(1, right - left) + 2 * margin, max(1, bottom - top) + 2 * margin), 0)
+    left, top, right, bottom = font.getbbox(char)  # whole pixels: Pillow's floats come from a stroke width, unused
+    width, height = int(right - left), int(bottom - top)
+    canvas = Image.new("L", (max(1, width) + 2 * margin, max(1, height) + 2 * margin), 0)
     ImageDraw.Draw(canvas).text((margin - left, margin - top), char, font=font, fill=255)
     return canvas
 
