@@ -69,8 +69,9 @@ def plan_display(
     for spec in ablation:
         progress.plan(spec.trial_id, label(spec), expected_seconds(run, spec), spec.iterations)
     placeholder = search_trial(study, 0, {}) if study.search is not None else None
-    for i in range(n_search if placeholder is not None else 0):
-        progress.plan(f"{SEARCH_PENDING}{i}", "search", expected_seconds(run, placeholder), placeholder.iterations)
+    if placeholder is not None:
+        for i in range(n_search):
+            progress.plan(f"{SEARCH_PENDING}{i}", "search", expected_seconds(run, placeholder), placeholder.iterations)
     if study.confirm is not None and "confirm" in study.resolved_phases and placeholder is not None:
         probe = confirm_trials(study, [placeholder])[0]
         confirmed = sum(1 for r in done.values() if r["phase"] == "confirm")

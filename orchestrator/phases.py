@@ -146,7 +146,8 @@ def study_stages(
     run: Run, ablation: Sequence[TrialSpec], n_search: int, fits: int, progress: StudyProgress
 ) -> StudyStages:
     """The study's phases in order, as stages of one Tune experiment (what is left of each)."""
-    study, stages = run.study, []
+    study = run.study
+    stages: list[Stage] = []
     search: Sampled | None = None
     for phase in study.resolved_phases:
         if phase == "ablation" and ablation:

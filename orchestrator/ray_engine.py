@@ -275,7 +275,7 @@ def trial_actor_class(study_name: str, fresh_actors: bool) -> type:
 
     base: Any = wrap_function(tune_trial)
 
-    class MmloTrial(base):  # type: ignore[misc, valid-type]
+    class MmloTrial(base):
         _name = "mmlo_trial"
 
         def __repr__(self) -> str:
@@ -300,7 +300,8 @@ def pending_optuna_trial(searcher: OptunaSearch, trial_id: str) -> optuna.Trial 
 
 def optuna_study(searcher: OptunaSearch) -> optuna.Study:
     """The Optuna study an OptunaSearch asks and tells."""
-    return searcher._ot_study  # type: ignore[no-any-return]
+    # OptunaSearch sets it to None in __init__ and to the study once Tune hands it the search properties.
+    return searcher._ot_study  # type: ignore[return-value]  # Ray does not annotate it: mypy infers None
 
 
 def mark_told(searcher: OptunaSearch, trial_id: str) -> None:
@@ -346,11 +347,10 @@ def make_searcher(
                     ot_trial.report(float(value), int(result.get("training_iteration", 0)))
                 ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             else:
-                values = [result.get(m) for m in metrics]
-                if any(v is None or not math.isfinite(float(v)) for v in values):
+                told = [float(v) for v in (result.get(m) for m in metrics) if v is not None]
+                if len(told) < len(metrics) or not all(math.isfinite(v) for v in told):
                     ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 else:
-                    told = [float(v) for v in values]
                     ot_study.tell(ot_trial, told if len(told) > 1 else told[0])
             mark_told(self, trial_id)
 
@@ -423,7 +423,8 @@ def study_searcher(stages: StudyStages, metric: str, mode: str) -> Any:
             # The stages carry their own spaces; Tune's param_space only adds constants.
             return True
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        # Ray annotates Searcher.suggest as Optional[Dict]; its docstring (and Tune) take dict | FINISHED | None.
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
             config = stages.suggest(trial_id)
             return Searcher.FINISHED if config is FINISHED else config
 

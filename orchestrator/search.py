@@ -209,7 +209,7 @@ def base_point(study: Study) -> tuple[dict[str, Any] | None, str]:
     for name, param in study.search.space.items():
         if not param.matches(point):
             continue
-        value = own.get(name)
+        value: Any = own.get(name)  # any type a learner or training setting takes, or None when unset
         if not _can_hold(param, value):
             return None, f"the base arm's {name}={value} lies outside the search space"
         if param.step is not None and param.low is not None and not _on_step(value, param.low, param.step):
