@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmlo.models.base import Params
 from mmlo.models.modulation import (
     FiLM,
     KernelModulation,
@@ -26,11 +27,18 @@ from mmlo.models.networks import ConvNet
 AUTHORS_CHANNELS = [32, 64, 128, 256]
 
 
-def _constant(linear: nn.Linear, value: torch.Tensor | float) -> None:
-    """Make a generator head ignore υ and always output ``value``."""
+def _constant(head: nn.Module, value: torch.Tensor | float) -> None:
+    """Make a generator head (a linear layer) ignore υ and always output ``value``."""
+    assert isinstance(head, nn.Linear)
     with torch.no_grad():
-        linear.weight.zero_()
-        linear.bias.copy_(torch.as_tensor(value, dtype=linear.bias.dtype).expand_as(linear.bias))
+        head.weight.zero_()
+        head.bias.copy_(torch.as_tensor(value, dtype=head.bias.dtype).expand_as(head.bias))
+
+
+def _head(kml: KernelModulation, name: str) -> nn.Linear:
+    head = kml.get_submodule(name)
+    assert isinstance(head, nn.Linear)
+    return head
 
 
 def _tiny_net() -> ConvNet:
@@ -70,7 +78,7 @@ def test_kml_parameters_scale_with_rank_and_layers() -> None:
 def test_film_is_kernel_scaling_on_a_conv_net() -> None:
     # FiLM's (γ, β) equal a KML kernel factor (1+γ) ⊗ 1 (row-major reshape) with Δb = γ·b + β, layer by layer.
     net = _tiny_net()
-    params = dict(net.named_parameters())
+    params: Params = dict(net.named_parameters())
     shapes = net.layer_shapes
     embedding = torch.randn(2, 5, dtype=torch.float64)
     film = FiLM(shapes, [0, 1], 5).double()
@@ -93,7 +101,7 @@ def test_film_is_kernel_scaling_on_a_conv_net() -> None:
 def test_residual_kml_with_zero_mask_is_the_unmodulated_network() -> None:
     # W ⊙ (J + 0) = W and b + 0 = b: residual KML with M = 0, Δb = 0 leaves the network unchanged.
     net = _tiny_net()
-    params = dict(net.named_parameters())
+    params: Params = dict(net.named_parameters())
     kml = KernelModulation(net.layer_shapes, [0, 1], 5, variant="residual", rank=2).double()
     for heads in (kml.g1, kml.g2, kml.g3):
         for head in heads.values():
@@ -107,7 +115,7 @@ def test_residual_kml_with_zero_mask_is_the_unmodulated_network() -> None:
 def test_multiplicative_kml_with_unit_mask_is_the_unmodulated_network() -> None:
     # W ⊙ 1 = W: the multiplicative variant's identity point is M = 1 (its initial bias), Δb = 0.
     net = _tiny_net()
-    params = dict(net.named_parameters())
+    params: Params = dict(net.named_parameters())
     kml = KernelModulation(net.layer_shapes, [0, 1], 5).double()
     for i in ("0", "1"):
         _constant(kml.g1[i], 1.0)
@@ -129,7 +137,7 @@ def test_rank_r_is_the_sum_of_r_outer_products(variant: str) -> None:
     g1 = kml.g1["0"](embedding).view(2, 3, 18)
     g2 = kml.g2["0"](embedding).view(2, 3, 12)
     for t in range(2):
-        mask = sum(torch.outer(g1[t, k], g2[t, k]) for k in range(3))
+        mask = torch.stack([torch.outer(g1[t, k], g2[t, k]) for k in range(3)]).sum(dim=0)
         expected = mask.reshape(6, 4, 3, 3) + (1.0 if variant == "residual" else 0.0)
         torch.testing.assert_close(tau.kernel[t], expected)
     torch.testing.assert_close(tau.bias, kml.g3["0"](embedding))
@@ -162,9 +170,8 @@ def test_kml_authors_init_starts_at_small_random_modulations() -> None:
     assert tau.kernel.abs().max() <= 1 / embedding_dim and (tau.kernel > 0).any() and (tau.kernel < 0).any()
     assert tau.bias.abs().max() <= embedding_dim**-0.5 and tau.bias.abs().max() > 0
     for head in ("g1.0", "g2.0", "g3.0"):
-        a, i = authors.get_submodule(head), identity.get_submodule(head)
-        torch.testing.assert_close(a.weight, i.weight)
-    assert not torch.equal(authors.get_submodule("g1.0").bias, identity.get_submodule("g1.0").bias)
+        torch.testing.assert_close(_head(authors, head).weight, _head(identity, head).weight)
+    assert not torch.equal(_head(authors, "g1.0").bias, _head(identity, "g1.0").bias)
     with pytest.raises(ValueError, match="unknown KML initialisation"):
         KernelModulation([shape], [0], embedding_dim, init="xavier")
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ class NaNTargets(Benchmark):
         self.name, self.kind, self.modes = "nan", "regression", self.inner.modes
         self.input_shape, self.output_dim = (1,), 1
 
-    def tasks(self, split: Split, modes: list[int], seeds: list[int]) -> TaskBatch:
+    def tasks(self, split: Split, modes: Sequence[int], seeds: Sequence[int]) -> TaskBatch:
         b = self.inner.tasks(split, modes, seeds)
         return TaskBatch(b.support_x, b.support_y, b.query_x, torch.full_like(b.query_y, math.nan), b.mode, b.seed)
 
@@ -78,7 +79,9 @@ def test_reports_checkpoints_and_result(tmp_path: Path) -> None:
     assert all(set(m) == keys and all(isinstance(v, (int, float)) for v in m.values()) for m, _ in reports)
     m, _ = reports[-1]
     assert m["val_metric"] == pytest.approx((m["val_sinusoid"] + m["val_linear"]) / 2)
-    state = torch.load(reports[1][1] / CHECKPOINT_FILE, weights_only=True)
+    checkpoint = reports[1][1]
+    assert checkpoint is not None
+    state = torch.load(checkpoint / CHECKPOINT_FILE, weights_only=True)
     assert state["iteration"] == 4
     assert result.iterations_done == 7 and result.metric_name == "mse"
     assert result.final_val_metric == m["val_metric"]

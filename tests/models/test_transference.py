@@ -129,9 +129,10 @@ def test_vectorised_equals_per_source_loop(chunk_size: int | None) -> None:
     learner = LinearLearner(w=0.7, b=0.1, inner_lr=0.02, inner_steps=3)
     sources = _regression_tasks("train", 3, 0)
     targets = _regression_tasks("test", 2, 7)
-    kwargs = {"alpha": 0.01, "include_self": True}
-    fast = measure_transference(learner, learner.params(), sources, targets, chunk_size=chunk_size, **kwargs)
-    slow = reference_loop_transference(learner, learner.params(), sources, targets, **kwargs)
+    fast = measure_transference(
+        learner, learner.params(), sources, targets, chunk_size=chunk_size, alpha=0.01, include_self=True
+    )
+    slow = reference_loop_transference(learner, learner.params(), sources, targets, alpha=0.01, include_self=True)
     torch.testing.assert_close(fast.lr, slow.lr, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(fast.loss_after, slow.loss_after, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(fast.loss_before, slow.loss_before, rtol=1e-6, atol=1e-6)
@@ -280,9 +281,8 @@ def test_real_learners_vectorised_equals_loop(kind: str, learner: str, extra: di
     )
     torch.manual_seed(0)
     model = build_learner(cfg, bench).double()
-    kwargs = {"alpha": 1e-3, "include_self": True}
-    fast = measure_transference(model, model.params(), sources, targets, chunk_size=2, **kwargs)
-    slow = reference_loop_transference(model, model.params(), sources, targets, **kwargs)
+    fast = measure_transference(model, model.params(), sources, targets, chunk_size=2, alpha=1e-3, include_self=True)
+    slow = reference_loop_transference(model, model.params(), sources, targets, alpha=1e-3, include_self=True)
     torch.testing.assert_close(fast.lr, slow.lr, rtol=1e-6, atol=1e-9)
     assert (fast.lr[fast.is_self] < 1.0).all()
 
@@ -295,7 +295,7 @@ def test_hook_strategies_agree() -> None:
     rows = {}
     for strategy in ("vmap", "loop"):
         hook = make_transference_hook(
-            bench, train_cfg, TransferenceSettings(sources_per_mode=3, targets_per_mode=2), strategy=strategy  # type: ignore[arg-type]
+            bench, train_cfg, TransferenceSettings(sources_per_mode=3, targets_per_mode=2), strategy=strategy
         )
         hook(3, learner, bench)
         rows[strategy] = hook.rows
@@ -345,9 +345,8 @@ def test_running_batchnorm_strategies_agree_and_leave_buffers_alone(learner: str
     assert before, "the model has running statistics"
     sources = _float64(bench.tasks("train", [0, 0, 1, 1], [1, 2, 3, 4]))
     targets = _float64(bench.tasks("test", [0, 1], [5, 6]))
-    kwargs = {"alpha": 0.05, "include_self": True}
-    slow = reference_loop_transference(model, model.params(), sources, targets, **kwargs)
-    fast = measure_transference(model, model.params(), sources, targets, chunk_size=2, **kwargs)
+    slow = reference_loop_transference(model, model.params(), sources, targets, alpha=0.05, include_self=True)
+    fast = measure_transference(model, model.params(), sources, targets, chunk_size=2, alpha=0.05, include_self=True)
     torch.testing.assert_close(fast.loss_before, slow.loss_before, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(fast.loss_after, slow.loss_after, rtol=1e-6, atol=1e-9)
     assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
@@ -363,7 +362,7 @@ def test_hook_strategies_agree_with_running_batchnorm() -> None:
     rows = {}
     for strategy in ("loop", "vmap"):
         hook = make_transference_hook(
-            bench, train_cfg, TransferenceSettings(sources_per_mode=2, targets_per_mode=1), strategy=strategy  # type: ignore[arg-type]
+            bench, train_cfg, TransferenceSettings(sources_per_mode=2, targets_per_mode=1), strategy=strategy
         )
         hook.sources, hook.targets = _float64(hook.sources), _float64(hook.targets)
         hook(1, learner, bench)
