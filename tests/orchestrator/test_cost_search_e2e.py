@@ -16,11 +16,12 @@ import optuna
 import polars as pl
 import pytest
 import yaml
+from optuna.storages.journal import JournalFileBackend
 
 pytestmark = pytest.mark.slow
 
 MMLO = str(Path(sys.executable).with_name("mmlo"))
-STUDY = {
+STUDY: dict[str, Any] = {
     "name": "cost",
     "benchmark": {"name": "regression2"},
     "model": {"learner": "maml", "inner_steps": 1, "hidden": [16, 16]},
@@ -57,7 +58,7 @@ def test_optuna_is_told_the_metric_and_the_cost_of_each_trial(run: Any) -> None:
     # the journal's study has two directions; each completed trial's values are its (val_metric, params_total)
     result, run_dir = run
     assert result.returncode == 0, result.stdout + result.stderr
-    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+    backend = JournalFileBackend(str(run_dir / "optuna.journal"))
     storage = optuna.storages.JournalStorage(backend)
     ot_study = optuna.load_study(study_name="cost", storage=storage)
     assert ot_study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2

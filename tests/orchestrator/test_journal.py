@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages.journal import JournalFileBackend
 
 from mmlo.orchestrator.search import JOURNAL_FILE, JOURNAL_SEGMENTS, journal_storage
 from mmlo.storage import RunStore
@@ -46,6 +47,6 @@ def test_where_the_journal_lives(store: RunStore, tmp_path: Path) -> None:
     assert segments == sorted(segments) and len(segments) > 3
     joined = tmp_path / "joined.journal"
     joined.write_text("".join(store.read_text(s) or "" for s in segments))
-    backend = optuna.storages.journal.JournalFileBackend(str(joined))
+    backend = JournalFileBackend(str(joined))
     from_file = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(backend))
     assert [t.value for t in from_file.get_trials()] == [0.3, 0.1, None]

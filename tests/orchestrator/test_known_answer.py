@@ -54,6 +54,7 @@ def test_tpe_lands_where_the_grid_says_the_answer_is(run: Any) -> None:
     grid = scored.filter(pl.col("phase") == "ablation").sort("mse")
     search = scored.filter(pl.col("phase") == "search").sort("val_metric")
     study = load_study(STUDY)
+    assert study.search is not None
     assert grid.height == len(study.arms) and search.height == study.search.trials
     assert set(episodes["episode_seed"].unique()) == set(
         episodes.filter(pl.col("trial_id") == grid["trial_id"][0])["episode_seed"]

@@ -27,9 +27,14 @@ class FakeOptuna:
 def test_stages_in_order_with_a_search_limit_and_confirm_after_search() -> None:
     # the grid first; then at most `limit` search trials at once; confirm only once every search trial ended
     optuna = FakeOptuna()
-    search = Sampled(optuna, count=3, limit=2)  # type: ignore[arg-type]
+    search = Sampled(optuna, count=3, limit=2)
     chosen: list[str] = []
-    confirm = AfterSearch(search, lambda: chosen.append("ranked") or [{"trial": "c0"}, {"trial": "c1"}])
+
+    def ranked() -> list[dict[str, Any]]:
+        chosen.append("ranked")
+        return [{"trial": "c0"}, {"trial": "c1"}]
+
+    confirm = AfterSearch(search, ranked)
     searcher = StudyStages([Planned([{"trial": "a0"}, {"trial": "a1"}]), search, confirm])
     assert searcher.suggest("t1") == {"trial": "a0"}
     assert searcher.suggest("t2") == {"trial": "a1"}
@@ -66,7 +71,7 @@ def test_tunes_searcher_draws_from_the_stages() -> None:
     from mmlo.orchestrator.ray_engine import study_searcher
 
     optuna = FakeOptuna()
-    stages = StudyStages([Planned([{"trial": "a0"}]), Sampled(optuna, count=1, limit=1)])  # type: ignore[arg-type]
+    stages = StudyStages([Planned([{"trial": "a0"}]), Sampled(optuna, count=1, limit=1)])
     searcher = study_searcher(stages, "val_metric", "max")
     assert isinstance(searcher, Searcher)
     assert searcher.suggest("t1") == {"trial": "a0"}

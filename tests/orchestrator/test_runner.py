@@ -126,9 +126,9 @@ def test_confirm_ranks_only_full_budget_trials(tmp_path: Path) -> None:
     finished(tmp_path, "search-002", "completed", 0.3)
     finished(tmp_path, "search-003", "failed", None, done=2)
     finished(tmp_path, "search-004", "completed", 0.9)
-    best = best_search_trials(tmp_path, study(), higher_is_better=False)
+    best = best_search_trials(RunStore.open(tmp_path), study(), higher_is_better=False)
     assert [t.trial_id for t in best] == ["search-002", "search-000"]
-    assert [t.trial_id for t in best_search_trials(tmp_path, study(), higher_is_better=True)] == [
+    assert [t.trial_id for t in best_search_trials(RunStore.open(tmp_path), study(), higher_is_better=True)] == [
         "search-004", "search-000",
     ]
 
@@ -142,10 +142,10 @@ def test_confirm_passes_over_the_base_arms_own_configuration(tmp_path: Path) -> 
             {"trial_id": trial_id, "phase": "search", "state": "completed", "val_metric": val,
              "iterations_done": 10, "budget_iterations": 10, "spec": spec.to_json()},
         )
-    best = best_search_trials(tmp_path, study(), higher_is_better=True)
+    best = best_search_trials(RunStore.open(tmp_path), study(), higher_is_better=True)
     assert [t.trial_id for t in best] == ["search-002", "search-001"]
     search_only = study(phases=["search", "confirm"])
-    assert [t.trial_id for t in best_search_trials(tmp_path, search_only, higher_is_better=True)] == [
+    assert [t.trial_id for t in best_search_trials(RunStore.open(tmp_path), search_only, higher_is_better=True)] == [
         "search-000", "search-002",
     ]
 
@@ -163,7 +163,8 @@ def test_driver_finalises_what_the_worker_could_not(tmp_path: Path) -> None:
     config = {"optuna_number": 3, "inner_lr": 0.02}
     record = finalize_record(run, "search-003", config, {"iteration": 5, "val_metric": 0.4, "elapsed_s": 2.0}, None)
     assert (record["state"], record["iterations_done"], record["val_metric"]) == ("stopped_early", 5, 0.4)
-    assert ledger.read_record(tmp_path, "search-003")["spec"]["overrides"] == {"inner_lr": 0.02}
+    written = ledger.read_record(tmp_path, "search-003")
+    assert written is not None and written["spec"]["overrides"] == {"inner_lr": 0.02}
     died = finalize_record(run, "ablation-00-s0", {"trial": ablation_trials(run.study)[0].to_json()}, {}, "worker died")
     assert (died["state"], died["failure_reason"], died["arm"]) == ("failed", "worker died", "MAML")
 

@@ -88,7 +88,8 @@ def test_log_scale_spreads_samples_over_decades() -> None:
     assert 0.17 < below_1e3 < 0.33  # a uniform draw would put 0.09 % there
     distribution = optuna.create_study().ask()
     space(distribution)
-    assert distribution.distributions["inner_lr"].log
+    drawn = distribution.distributions["inner_lr"]
+    assert isinstance(drawn, optuna.distributions.FloatDistribution) and drawn.log
 
 
 def test_int_step_and_float_step() -> None:
@@ -186,7 +187,7 @@ def test_reconcile_journal_closes_interrupted_trials(tmp_path: Any) -> None:
     trials = [ot_study.ask() for _ in range(4)]
     for t in trials:
         t.suggest_float("x", 0.0, 1.0)
-    finished = {
+    finished: dict[int, dict[str, Any]] = {
         0: {"state": "completed", "val_metric": 0.7},
         1: {"state": "stopped_early", "val_metric": 0.2},
         2: {"state": "failed", "val_metric": None},
@@ -247,10 +248,13 @@ def test_fresh_search_asks_the_base_point_first_and_a_resumed_one_does_not(tmp_p
     storage = journal_storage(RunStore.open(tmp_path))
     searcher = make_searcher(s, compile_space(s), storage, "val_metric", "min")
     first = searcher.suggest("t0")
+    assert first is not None
     assert first[NUMBER_KEY] == 0 and first["inner_lr"] == 0.05 and first["modulation"] == "film"
     again = make_searcher(s, compile_space(s), storage, "val_metric", "min")
     ot_study = optuna.load_study(study_name=s.name, storage=storage)
-    assert len(ot_study.trials) == 1 and again.suggest("t1")[NUMBER_KEY] == 1
+    assert len(ot_study.trials) == 1
+    second = again.suggest("t1")
+    assert second is not None and second[NUMBER_KEY] == 1
 
 
 def finish(searcher: Any, trial_id: str, result: dict[str, Any]) -> optuna.trial.FrozenTrial:
@@ -290,7 +294,7 @@ def test_optuna_search_private_state_is_where_mmlo_reads_it(tmp_path: Any) -> No
     assert isinstance(optuna_study(searcher), optuna.Study)
     config = searcher.suggest("t0")
     pending = pending_optuna_trial(searcher, "t0")
-    assert isinstance(pending, optuna.Trial) and pending.number == config[NUMBER_KEY]
+    assert config is not None and isinstance(pending, optuna.Trial) and pending.number == config[NUMBER_KEY]
     assert pending_optuna_trial(searcher, "never-suggested") is None
     mark_told(searcher, "t0")
     assert pending_optuna_trial(searcher, "t0") is None
@@ -311,12 +315,15 @@ def test_rung_iterations_are_rays_asha_rungs(
     iterations: int, val_interval: int, grace: int | None, factor: float
 ) -> None:
     # the rungs the report names are the ones Ray's ASHA bracket judges at, below the last validation
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
     from mmlo.orchestrator.ray_engine import search_scheduler
 
     s = parse_study({**BASE, "budget": {"iterations": iterations, "val_interval": val_interval},
                      "search": {"trials": 4, "space": {"inner_lr": BASE_SPACE["inner_lr"]}},
                      "scheduler": {"type": "asha", "grace_period": grace, "reduction_factor": factor}})
     scheduler = search_scheduler(s)
+    assert isinstance(scheduler, AsyncHyperBandScheduler)
     last = math.ceil(iterations / val_interval)
     ray_rungs = sorted(math.ceil(m) for m, _ in scheduler._brackets[0]._rungs if math.ceil(m) < last)
     assert rung_iterations(s) == [min(r * val_interval, iterations) for r in ray_rungs]

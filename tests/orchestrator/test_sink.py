@@ -164,7 +164,8 @@ def test_rewind_forgets_rows_after_the_checkpoint(run_dir: Path) -> None:
 def test_json_records_have_no_nan(tmp_path: Path) -> None:
     # NaN is not JSON: a diverged trial's NaN metric is stored as null
     ledger.write_record(tmp_path, {"trial_id": "t", "val_metric": float("nan"), "state": "failed"})
-    assert ledger.read_record(tmp_path, "t")["val_metric"] is None
+    record = ledger.read_record(tmp_path, "t")
+    assert record is not None and record["val_metric"] is None
 
 
 
