@@ -1,4 +1,5 @@
-# mmlo: `make study` sets up everything and runs the front-door study; `make test` sets up and runs the tests.
+# mmlo: `make study` sets up everything and runs the front-door study; `make test` sets up, lints (`make lint`:
+# ruff and mypy) and runs the tests.
 # Both are idempotent: a second run reuses the virtualenv and starts in seconds.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -36,7 +37,7 @@ study: setup
 	$(BIN)/mmlo data prepare offline4 --study $(STUDY)
 	$(BIN)/mmlo study $(STUDY)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
 
 test-fast: setup
@@ -44,7 +45,8 @@ test-fast: setup
 
 # ruff over the tree; mypy over the packages, which it reads through links build/mypy/mmlo/<folder> (it cannot
 # map the mmlo namespace from package-dir), then over each test folder on its own (test folders are not
-# packages and their conftest.py files share one name); the packages' errors are reported once, by the first run.
+# packages and their conftest.py files share one name) and the maintainer script the tests import; the packages'
+# errors are reported once, by the first run.
 MYPY_PACKAGES := orchestrator models reports storage tasks
 TEST_DIRS := $(sort $(dir $(wildcard tests/*/test_*.py)))
 
@@ -52,7 +54,7 @@ lint: setup
 	$(BIN)/ruff check .
 	@mkdir -p build/mypy/mmlo && for p in $(MYPY_PACKAGES); do ln -sfn ../../../$$p build/mypy/mmlo/$$p; done
 	$(BIN)/mypy
-	@status=0; for target in tests/conftest.py $(TEST_DIRS); do \
+	@status=0; for target in tests/conftest.py $(TEST_DIRS) scripts/build_offline4_index.py; do \
 		echo "mypy $$target"; $(BIN)/mypy --follow-imports=silent $$target || status=1; done; exit $$status
 
 bench: setup

@@ -60,7 +60,7 @@ def test_label_consistency_and_disjoint_support_query() -> None:
         sup, qry = _ids(batch.support_x), _ids(batch.query_x)
         for t in range(20):
             assert set(sup[t, :, 2]) == set(qry[t, :, 2]) == {10 * (1 + t % 2) + split_index}
-            label_class = {}
+            label_class: dict[int, int] = {}
             for ids, labels in ((sup[t], batch.support_y[t]), (qry[t], batch.query_y[t])):
                 for (c, _, _), y in zip(ids, labels.tolist(), strict=True):
                     assert label_class.setdefault(y, c) == c

@@ -35,7 +35,7 @@ def tiny(tmp_path: Path, **update: object) -> BenchmarkConfig:
         "cache_dir": tmp_path,
     }
     values.update(update)
-    return BenchmarkConfig(**values)  # type: ignore[arg-type]
+    return BenchmarkConfig(**values)
 
 
 def test_index_hashes_match_content() -> None:

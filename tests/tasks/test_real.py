@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from mmlo.tasks import real, real_layouts
+from mmlo.tasks.base import SPLITS
 from mmlo.tasks.config import BenchmarkConfig
 from mmlo.tasks.errors import DataMissingError
 from mmlo.tasks.real_layouts import CorruptImageError
@@ -40,7 +41,10 @@ def _write_files(folder: Path, pixels: np.ndarray, suffix: str = ".png", stem: s
     paths = []
     for i, image in enumerate(pixels):
         path = folder / f"{stem}{i:03d}{suffix}"
-        Image.fromarray(image).save(path, **({"quality": 95} if suffix == ".jpg" else {}))
+        if suffix == ".jpg":
+            Image.fromarray(image).save(path, quality=95)
+        else:
+            Image.fromarray(image).save(path)
         paths.append(path)
     return paths
 
@@ -59,6 +63,7 @@ def _cfg(name: str, root: Path, tmp_path: Path, **extra: object) -> BenchmarkCon
 def _assert_banks_match(bench: real.ImageBenchmark, mode: str, class_ids: dict[str, dict[str, int]]) -> None:
     """Every class of every split holds images of its own colour; episodes keep label -> class consistent."""
     for split, expected in class_ids.items():
+        assert split in SPLITS, split
         bank = bench.bank(mode, split)
         assert bank.class_names == tuple(expected)
         for c, name in enumerate(bank.class_names):
@@ -158,7 +163,8 @@ MINI_CLASSES = {"train": ["n01532829", "n01558993", "n01704323"], "val": ["n0185
 
 
 def _mini_ids() -> dict[str, dict[str, int]]:
-    ids, c = {}, 0
+    ids: dict[str, dict[str, int]] = {}
+    c = 0
     for split, wnids in MINI_CLASSES.items():
         ids[split] = {}
         for wnid in wnids:
@@ -323,8 +329,8 @@ def test_cub_mmaml_class_split(tmp_path: Path) -> None:
     cfg = _cfg("cub", root, tmp_path)
     assert real.prepare(cfg) == {"cub": {"train": 7, "val": 1, "test": 2}}
     bench = real.build(cfg)
-    for split, order in SPLIT_OF_10.items():
-        assert bench.bank("cub", split).class_names == tuple(names[i] for i in order)
+    for split in SPLITS:
+        assert bench.bank("cub", split).class_names == tuple(names[i] for i in SPLIT_OF_10[split])
     train = {names[i]: i for i in SPLIT_OF_10["train"] if i != 3}
     bank = bench.bank("cub", "train")
     for name in train:
