@@ -191,8 +191,9 @@ def build_encoder(
         if encoder not in (None, "conv"):
             raise ValueError(f"image benchmarks need the conv task encoder, not '{encoder}'")
         if layers is not None or hidden is not None:
-            raise ValueError("encoder_layers and encoder_hidden apply to the regression encoders; the conv "
-                             "encoder follows 'channels'")
+            raise ValueError(
+                "encoder_layers and encoder_hidden apply to regression encoders; the conv encoder follows 'channels'"
+            )
         return ConvEncoder(input_shape[0], channels, embedding_dim, norm=norm)
     pair_features = input_shape[0] + output_dim
     if encoder in (None, "mlp"):

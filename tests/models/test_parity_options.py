@@ -24,7 +24,8 @@ F64 = torch.float64
 class _Regression(Benchmark):
     """Only the shape of a 1-d, two-mode regression benchmark (the tests build their own batches)."""
 
-    name, kind, modes, input_shape, output_dim = "shape-only", "regression", ("a", "b"), (1,), 1  # type: ignore[assignment]
+    name, modes, input_shape, output_dim = "shape-only", ("a", "b"), (1,), 1
+    kind = "regression"  # type: ignore[assignment]
     ways, shots, query = 1, 2, 1
 
     def tasks(self, split: Split, modes: Sequence[int], seeds: Sequence[int]) -> TaskBatch:
