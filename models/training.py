@@ -310,7 +310,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--inner-lr", type=float, default=None, help="default: 0.001 (regression), 0.05 (images)")
     p.add_argument("--inner-steps", type=int, default=5)
     p.add_argument("--first-order", action="store_true")
-    p.add_argument("--inner-grad-clip", type=float, default=None, help="MMAML regression code: 10")
+    p.add_argument("--inner-grad-clip", type=float, default=None, help="rescale each inner gradient to this norm")
+    p.add_argument("--inner-grad-clamp", type=float, default=None, help="clamp each inner-gradient element (MMAML: 10)")
     p.add_argument("--grad-clip", type=float, default=None, help="global norm clip of the meta-gradient")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-interval", type=int, default=50)
@@ -350,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inner_steps=args.inner_steps,
         first_order=args.first_order,
         inner_grad_clip=args.inner_grad_clip,
+        inner_grad_clamp=args.inner_grad_clamp,
     )
     train_cfg = TrainConfig(
         iterations=args.iterations,
