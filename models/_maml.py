@@ -173,6 +173,8 @@ class MAML(MetaLearner):
         if scale is not None:
             grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
             deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
+        if cfg.inner_grad_clamp is not None:  # element-wise (MMAML code); no layer is factored then
+            grads = {k: g.clamp(-cfg.inner_grad_clamp, cfg.inner_grad_clamp) for k, g in grads.items()}
         dense = {k: v - (steps[k] if isinstance(steps, dict) else steps) * grads[k] for k, v in dense.items()}
         factors = dict(factors)
         for p, delta in deltas.items():
@@ -187,6 +189,8 @@ class MAML(MetaLearner):
         """The layers adapted in factored form (prefix -> output width): a factored backbone's, when α is a
         scalar (Meta-SGD's α per element does not factor)."""
         if isinstance(steps, dict) or not isinstance(self.backbone, FactoredBackbone):
+            return {}
+        if self.config.inner_grad_clamp is not None:  # a clamped δᵀh̃ is not low-rank: adapt densely
             return {}
         return self.backbone.low_rank_layers(taus)
 

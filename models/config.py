@@ -119,6 +119,30 @@ class LearnerConfig(BaseModel):
             "at a small random modulation (M = g1 ⊗ g2 of two small random vectors)."
         ),
     )
+    inner_grad_clamp: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description=(
+            "MAML: clamp every element of each inner gradient to [-c, c] (default: no clamp). The MMAML "
+            "authors' code does this for MMAML only, never for its MAML baselines (--inner-loop-grad-clip: "
+            "10 in MMAML-Regression, 20 in MMAML-Classification); inner_grad_clip is the norm-rescaling "
+            "alternative, and the two cannot both be set."
+        ),
+    )
+    encoder_layers: Annotated[int, Field(ge=1, le=8)] | None = Field(
+        None,
+        description=(
+            "Regression task encoder depth: stacked layers of the BiLSTM (MMAML-Regression code: 2, "
+            "--embedding-num-layers) or ReLU layers of the mlp set encoder. Default: 1 (lstm), 2 (mlp)."
+        ),
+    )
+    encoder_hidden: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description=(
+            "Regression task encoder width: the BiLSTM's hidden units per direction (MMAML-Regression code: "
+            "40, --embedding-hidden-size, so υ is 80-d: embedding_dim must be 2 x encoder_hidden) or the mlp "
+            "set encoder's layer width. Default: embedding_dim / 2 (lstm), embedding_dim (mlp)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_base(self) -> LearnerConfig:
@@ -128,6 +152,13 @@ class LearnerConfig(BaseModel):
             raise ValueError(f"learner 'kml' is kernel modulation; for '{self.modulation}' use mmaml/mprotonet")
         if self.modulation not in (None, "none") and self.learner in LEARNERS and LEARNERS[self.learner][2]:
             raise ValueError(f"oracle learner '{self.learner}' takes no modulation")
+        if self.inner_grad_clip is not None and self.inner_grad_clamp is not None:
+            raise ValueError("set inner_grad_clip (norm rescale) or inner_grad_clamp (element-wise), not both")
+        if self.encoder == "lstm" and self.encoder_hidden is not None and self.embedding_dim != 2 * self.encoder_hidden:
+            raise ValueError(
+                f"the BiLSTM's υ is its two final states, 2 x encoder_hidden wide: with encoder_hidden "
+                f"{self.encoder_hidden} set embedding_dim {2 * self.encoder_hidden}, not {self.embedding_dim}"
+            )
         return self
 
     @property
@@ -183,3 +214,17 @@ class TrainConfig(BaseModel):
     eval_seed: int = Field(
         1234, description="Seed of the validation and test episodes (the study's, shared by all arms)."
     )
+    grad_clip_per_component: bool = Field(
+        False,
+        description=(
+            "With grad_clip: clip the meta-gradient norm of the backbone θ and, separately, that of the task "
+            "encoder and modulation generator together, each to grad_clip, as the MMAML-Regression code does "
+            "(--model-grad-clip 2, --embedding-grad-clip 2). Default: one global norm over every parameter."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_clip(self) -> TrainConfig:
+        if self.grad_clip_per_component and self.grad_clip is None:
+            raise ValueError("grad_clip_per_component needs grad_clip (the norm each component is clipped to)")
+        return self

@@ -81,19 +81,20 @@ class ConvEncoder(TaskEncoder):
 
 
 class SetEncoder(TaskEncoder):
-    """Regression: υ = tanh(Linear(mean over support pairs of MLP([x, y]))), MLP = two ReLU layers.
+    """Regression: υ = tanh(Linear(mean over support pairs of MLP([x, y]))), MLP = ``layers`` ReLU layers.
 
     Mean pooling makes υ independent of the order of the support pairs. The final tanh bounds υ as the
     BiLSTM's hidden states are bounded: an unbounded υ (targets reach ±18 on the linear family) lets
-    FiLM's scales grow until MAML's inner steps diverge within a few dozen meta-iterations.
+    FiLM's scales grow until MAML's inner steps diverge within a few dozen meta-iterations. The MLP's
+    width is ``hidden`` (default ``embedding_dim``).
     """
 
-    def __init__(self, in_features: int, embedding_dim: int) -> None:
+    def __init__(self, in_features: int, embedding_dim: int, *, layers: int = 2, hidden: int | None = None) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            [LinearLayer(in_features, embedding_dim, None), LinearLayer(embedding_dim, embedding_dim, None)]
-        )
-        self.pooled = LinearLayer(embedding_dim, embedding_dim, None)
+        width = hidden or embedding_dim
+        widths = [in_features, *[width] * layers]
+        self.layers = nn.ModuleList(LinearLayer(a, b, None) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.pooled = LinearLayer(width, embedding_dim, None)
         self.embedding_dim = embedding_dim
 
     def embed(
@@ -114,17 +115,19 @@ class SetEncoder(TaskEncoder):
 class LSTMEncoder(TaskEncoder):
     """Regression, MMAML's encoder: a bidirectional LSTM over the support pairs in their given order.
 
-    υ is the concatenation of the forward and backward final hidden states, embedding_dim/2 wide each.
-    The parameters are ``nn.LSTM``'s (same names, initialisation and gate order i, f, g, o), but the
-    recurrence is written out step by step over the support points: ``nn.LSTM`` has no vmap rule, and
-    transference runs every learner under ``vmap``.
+    ``layers`` stacked BiLSTM layers (each layer above the first reads both directions' hidden states at
+    every step, as ``nn.LSTM`` does); υ is the concatenation of the top layer's forward and backward final
+    hidden states, embedding_dim/2 wide each. The parameters are ``nn.LSTM``'s (same names, initialisation
+    and gate order i, f, g, o), but the recurrence is written out step by step over the support points:
+    ``nn.LSTM`` has no vmap rule, and transference runs every learner under ``vmap``.
     """
 
-    def __init__(self, in_features: int, embedding_dim: int) -> None:
+    def __init__(self, in_features: int, embedding_dim: int, *, layers: int = 1) -> None:
         super().__init__()
         if embedding_dim % 2:
             raise ValueError(f"the BiLSTM encoder needs an even embedding_dim, not {embedding_dim}")
-        self.lstm = nn.LSTM(in_features, embedding_dim // 2, batch_first=True, bidirectional=True)
+        self.lstm = nn.LSTM(in_features, embedding_dim // 2, num_layers=layers, batch_first=True, bidirectional=True)
+        self.num_layers = layers
         self.embedding_dim = embedding_dim
 
     def embed(
@@ -136,25 +139,34 @@ class LSTMEncoder(TaskEncoder):
         training: bool = True,
         track: bool = False,
     ) -> torch.Tensor:
-        pairs = torch.cat([support_x, support_y], dim=-1)
-        forward = _lstm_final_state(params, "", pairs, reverse=False)
-        backward = _lstm_final_state(params, "_reverse", pairs, reverse=True)
-        return torch.cat([forward, backward], dim=-1)
+        h = torch.cat([support_x, support_y], dim=-1)
+        for layer in range(self.num_layers):
+            forward = _lstm_direction(params, f"l{layer}", h, reverse=False)
+            backward = _lstm_direction(params, f"l{layer}_reverse", h, reverse=True)
+            h = torch.cat([forward, backward], dim=-1)
+        # The forward direction ends at the last point, the backward one at the first.
+        half = self.embedding_dim // 2
+        return torch.cat([h[:, -1, :half], h[:, 0, half:]], dim=-1)
 
 
-def _lstm_final_state(params: Params, suffix: str, x: torch.Tensor, *, reverse: bool) -> torch.Tensor:
-    """Final hidden state of one direction of a one-layer LSTM over ``x`` ``[T, K, in]`` (zero initial state)."""
-    w_hh = params[f"lstm.weight_hh_l0{suffix}"]
-    inputs = F.linear(x, params[f"lstm.weight_ih_l0{suffix}"], params[f"lstm.bias_ih_l0{suffix}"])
+def _lstm_direction(params: Params, suffix: str, x: torch.Tensor, *, reverse: bool) -> torch.Tensor:
+    """Hidden states ``[T, K, H]`` (in input order) of one direction of one LSTM layer over ``x`` ``[T, K, in]``,
+    from a zero initial state."""
+    w_hh = params[f"lstm.weight_hh_{suffix}"]
+    inputs = F.linear(x, params[f"lstm.weight_ih_{suffix}"], params[f"lstm.bias_ih_{suffix}"])
     h = x.new_zeros(x.shape[0], w_hh.shape[1])
     c = torch.zeros_like(h)
     steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    states: list[torch.Tensor] = []
     for k in steps:
-        gates = torch.addmm(inputs[:, k], h, w_hh.t()) + params[f"lstm.bias_hh_l0{suffix}"]
+        gates = torch.addmm(inputs[:, k], h, w_hh.t()) + params[f"lstm.bias_hh_{suffix}"]
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-    return h
+        states.append(h)
+    if reverse:
+        states.reverse()
+    return torch.stack(states, dim=1)
 
 
 def build_encoder(
@@ -166,18 +178,28 @@ def build_encoder(
     *,
     channels: Sequence[int],
     norm: str,
+    layers: int | None = None,
+    hidden: int | None = None,
 ) -> TaskEncoder:
     """The task encoder for a benchmark ``kind``; ``encoder`` None picks conv (images) or mlp (regression).
 
     The conv encoder uses the backbone's channel widths (32-64-128-256 by default, as in the papers).
+    ``layers`` and ``hidden`` (regression encoders only) set the depth and width: the BiLSTM's layer count
+    and hidden units per direction (2 x hidden must be embedding_dim), or the mlp's ReLU layers and width.
     """
     if kind == "classification":
         if encoder not in (None, "conv"):
             raise ValueError(f"image benchmarks need the conv task encoder, not '{encoder}'")
+        if layers is not None or hidden is not None:
+            raise ValueError(
+                "encoder_layers and encoder_hidden apply to regression encoders; the conv encoder follows 'channels'"
+            )
         return ConvEncoder(input_shape[0], channels, embedding_dim, norm=norm)
     pair_features = input_shape[0] + output_dim
     if encoder in (None, "mlp"):
-        return SetEncoder(pair_features, embedding_dim)
+        return SetEncoder(pair_features, embedding_dim, layers=layers or 2, hidden=hidden)
     if encoder == "lstm":
-        return LSTMEncoder(pair_features, embedding_dim)
+        if hidden is not None and 2 * hidden != embedding_dim:
+            raise ValueError(f"the BiLSTM's υ is 2 x encoder_hidden wide: set embedding_dim {2 * hidden}")
+        return LSTMEncoder(pair_features, embedding_dim, layers=layers or 1)
     raise ValueError(f"regression benchmarks need the mlp or lstm task encoder, not '{encoder}'")

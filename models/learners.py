@@ -78,6 +78,8 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
             cfg.embedding_dim,
             channels=cfg.channels,
             norm=cfg.norm,
+            layers=cfg.encoder_layers,
+            hidden=cfg.encoder_hidden,
         )
     learner_class = MAML if algorithm == "maml" else ProtoNet
     return learner_class(cfg, backbone, encoder, modulation, kind=kind, outputs=benchmark.output_dim)

@@ -99,6 +99,25 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
     return cfg.lr * cfg.lr_decay_factor ** ((iteration - 1) // cfg.lr_decay_every)
 
 
+#: Top-level parameter prefixes of the task encoder and generator (MMAML code's "embedding model");
+#: every other parameter (the backbone θ, Meta-SGD's step sizes) belongs to the model.
+ENCODER_PREFIXES = ("encoder", "modulation")
+
+
+def clip_per_component(learner: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the meta-gradient norm of the model (θ) and of the encoder + generator separately, each to max_norm.
+
+    As the MMAML-Regression code clips its model and its embedding model (two ``clip_grad_norm_`` calls).
+    Returns the global norm before clipping (both groups together), for the divergence check.
+    """
+    groups: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    for name, p in learner.named_parameters():
+        if p.grad is not None:
+            groups[name.split(".", 1)[0] in ENCODER_PREFIXES].append(p)
+    norms = [torch.nn.utils.clip_grad_norm_(ps, max_norm) for ps in groups.values() if ps]
+    return torch.stack(norms).norm() if norms else torch.zeros(())
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -213,7 +232,9 @@ def fit(
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"meta-loss is {loss_value} at iteration {iteration}")
         loss.backward()
-        if train_cfg.grad_clip is not None:
+        if train_cfg.grad_clip is not None and train_cfg.grad_clip_per_component:
+            norm = clip_per_component(learner, train_cfg.grad_clip)
+        elif train_cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(learner.parameters(), train_cfg.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in learner.parameters() if p.grad is not None])

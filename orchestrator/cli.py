@@ -269,7 +269,11 @@ def train(
     inner_steps: Annotated[int, typer.Option("--inner-steps", min=0)] = 5,
     first_order: Annotated[bool, typer.Option("--first-order", help="First-order MAML.")] = False,
     inner_grad_clip: Annotated[
-        float | None, typer.Option("--inner-grad-clip", help="MMAML regression code: 10")
+        float | None, typer.Option("--inner-grad-clip", help="Rescale each inner gradient to this norm.")
+    ] = None,
+    inner_grad_clamp: Annotated[
+        float | None,
+        typer.Option("--inner-grad-clamp", help="Clamp each inner-gradient element (MMAML's code: 10 regression)."),
     ] = None,
     grad_clip: Annotated[
         float | None, typer.Option("--grad-clip", help="Global norm clip of the meta-gradient.")
@@ -314,6 +318,7 @@ def train(
                 inner_steps=inner_steps,
                 first_order=first_order,
                 inner_grad_clip=inner_grad_clip,
+                inner_grad_clamp=inner_grad_clamp,
             )
             train_cfg = TrainConfig(
                 iterations=iterations,

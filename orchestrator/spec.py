@@ -36,7 +36,7 @@ Scalar = bool | int | float | str
 Phase = Literal["ablation", "search", "confirm"]
 
 #: Training fields an arm, a search or the study's ``train`` block may set.
-TRAIN_FIELDS = ("meta_batch", "lr", "lr_decay_every", "lr_decay_factor", "grad_clip")
+TRAIN_FIELDS = ("meta_batch", "lr", "lr_decay_every", "lr_decay_factor", "grad_clip", "grad_clip_per_component")
 #: Budget fields (how long and how thoroughly each trial trains and is evaluated).
 BUDGET_FIELDS = ("iterations", "val_interval", "val_episodes", "eval_episodes", "checkpoint_every")
 
