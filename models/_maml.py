@@ -87,14 +87,18 @@ class MAML(MetaLearner):
 
         With ``training`` False (evaluation) or under ``torch.no_grad()``, the inner loop still takes its
         gradient steps but nothing is kept for a meta-gradient, and 'running' BatchNorm uses its running
-        statistics. ``metric_before`` is the query metric of the modulated, not yet adapted network.
+        statistics. ``metric_before`` is the query metric of the modulated, not yet adapted network, in
+        evaluation only: a training pass (``training`` True) leaves it None, since meta-training never reads
+        it and it would cost a forward pass of every query set.
         """
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
             taus = self._taus(params, batch.support_x, batch.support_y, training=training)
             theta, route = self._route(sub_params(params, "backbone."), batch)
-            with torch.no_grad():
-                before = self.backbone.run(theta, batch.query_x, taus, route=route, training=training)
-                metric_before = self._loss_and_metric(before, batch.query_y)[1]
+            metric_before = None
+            if not training:
+                with torch.no_grad():
+                    before = self.backbone.run(theta, batch.query_x, taus, route=route, training=training)
+                    metric_before = self._loss_and_metric(before, batch.query_y)[1]
             fast = self._adapt(theta, self._step_sizes(params, batch), taus, batch, route, training=training)
             out = self.backbone.run(fast, batch.query_x, taus, route=route, training=training, track=training)
             loss, metric = self._loss_and_metric(out, batch.query_y)

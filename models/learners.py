@@ -58,6 +58,9 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
             norm=cfg.norm,
             outputs=benchmark.output_dim if algorithm == "maml" else None,
             copies=copies,
+            pool=cfg.pool,
+            bn_affine=cfg.bn_affine,
+            init=cfg.init,
         )
     modulation = build_modulation(
         cfg.resolved_modulation,
