@@ -577,7 +577,7 @@ class ConvNet(Backbone):
         same numbers as the grouped layout's, built from the operations a per-task loop would call.
         """
         tasks = x.shape[0]
-        hs = list(x.unbind(0))
+        hs = [x_t.contiguous(memory_format=_PER_TASK_FORMAT) for x_t in x.unbind(0)]
         for i, block in enumerate(self.blocks):
             prefix = f"blocks.{i}."
             tau = taus[i] if taus is not None else None
@@ -602,6 +602,10 @@ class ConvNet(Backbone):
             return torch.stack([h.mean(dim=(2, 3)) for h in hs])
         return torch.stack([h.flatten(1) for h in hs])
 
+
+
+#: Memory format of the per-task path's activations: oneDNN runs channels-last convolutions 15-25 % faster.
+_PER_TASK_FORMAT = torch.channels_last
 
 
 def _each_task(param: torch.Tensor, dims: int, tasks: int) -> Sequence[torch.Tensor]:
