@@ -177,7 +177,10 @@ class MAML(MetaLearner):
         if scale is not None:
             grads = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
             deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
-        dense = {k: v - (steps[k] if isinstance(steps, dict) else steps) * grads[k] for k, v in dense.items()}
+        if isinstance(steps, dict):
+            dense = {k: v - steps[k] * grads[k] for k, v in dense.items()}
+        else:  # one fused kernel, whose backward is one scaling instead of a negation and a scaling
+            dense = {k: torch.add(v, grads[k], alpha=-steps) for k, v in dense.items()}
         factors = dict(factors)
         for p, delta in deltas.items():
             left, right = -steps * delta, inputs[p]  # type: ignore[operator]  # factored layers only with a scalar α

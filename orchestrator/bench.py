@@ -1,15 +1,22 @@
-"""``mmlo bench``: seconds per meta-iteration of the vectorised learners against a per-task loop.
+"""``mmlo bench``: seconds per meta-iteration of mmlo's learners against the loop a user writes by hand.
 
-Each case times full meta-iterations (post-adaptation query loss of a meta-batch, meta-gradient, Adam
-step) of ``Learner.task_outputs``, then of :func:`mmlo.models.learners.reference_loop_outputs` (the same
-math, one task at a time) on the same batches in the same process, and prints the ratio (loop time over
-vectorised time: above 1 means the vectorised call is faster), in wall-clock and in process CPU time. Batches are drawn before timing, so task
-sampling is not counted. Image cases use random pixels: no dataset is needed.
+Each case times full meta-iterations (post-adaptation query loss of a meta-batch, meta-gradient, Adam step)
+three ways on the same batches in one process: ``Learner.task_outputs`` (mmlo's learner, whatever strategy it
+picks for the device: see :func:`mmlo.models.networks.conv_strategy`), the *baseline*, and
+:func:`mmlo.models.learners.reference_loop_outputs` (mmlo's own per-task loop). The baseline of an image case is
+the *textbook loop* (:func:`textbook_maml`, :func:`textbook_protonet`): the papers' network and maths written
+one task at a time in plain functional torch, as a researcher would without mmlo; regression's baseline is
+mmlo's per-task loop. ``ratio_vs_baseline`` is baseline time over learner time (above 1: mmlo is faster),
+``ratio`` the same against mmlo's loop; ``cpu_*`` are process CPU times.
 
-Each case runs in a fresh spawned process, so that its peak resident memory is its own:
-``peak_rss_mb`` is read after the vectorised timing, ``loop_peak_rss_mb`` after the loop's. Case
-processes get the allocator study trials get (``allocator="auto"``: jemalloc for image cases where it is
-installed, see :mod:`mmlo.models.allocator`), or the one forced; each row names the one it ran on.
+The three run in interleaved rounds (after a warm-up each) and each reports its fastest round, so that a
+machine shared with other work slows all of them alike and then only adds time. Batches are drawn before
+timing, so task sampling is not counted. Image cases use random pixels: no dataset is needed.
+
+Each case runs in a fresh spawned process per thread count, so that its peak resident memory is its own:
+``peak_rss_mb`` is read after the learner's first round, ``loop_peak_rss_mb`` at the end. Case processes get
+the allocator study trials get (``allocator="auto"``: jemalloc for image cases where it is installed, see
+:mod:`mmlo.models.allocator`), or the one forced; each row names the one it ran on.
 """
 
 from __future__ import annotations

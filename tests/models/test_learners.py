@@ -138,26 +138,31 @@ def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object
 
 @pytest.mark.parametrize(("kind", "overrides"), [c for c in EVERY_LEARNER if c[0] == "classification"], ids=str)
 def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
-    kind: str, overrides: dict[str, object]
+    kind: str, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Per-task convolutions (CPU) and the grouped layout (accelerators) give the same losses, meta-gradient and
-    # running BatchNorm statistics, to float64 rounding: which one runs never moves a study's results.
+    # Per-task convolutions (CPU; plain or channels-last layout) and the grouped layout (accelerators) give the same
+    # losses, meta-gradient and running BatchNorm statistics, to float64 rounding: which one runs never moves a
+    # study's results.
+    from mmlo.models import networks
+
     learner, batch = _tiny(kind, **overrides)
     params = learner.params()
     state = {k: v.clone() for k, v in learner.state_dict().items()}
     results = []
-    for strategy in STRATEGIES:
+    for strategy, channels_last_from in (("grouped", 10**9), ("per-task", 10**9), ("per-task", 1)):
+        monkeypatch.setattr(networks, "CHANNELS_LAST_BATCH", channels_last_from)
         learner.load_state_dict(state)
         learner.backbone.strategy = strategy  # type: ignore[assignment]
         out = learner.task_outputs(params, batch)
         buffers = {k: v.clone() for k, v in learner.named_buffers()}
         results.append((out.loss, _meta_gradient(params, out.loss.sum()), buffers))
-    (loss_a, grads_a, buffers_a), (loss_b, grads_b, buffers_b) = results
-    torch.testing.assert_close(loss_a, loss_b, atol=1e-12, rtol=0)
-    for g_a, g_b in zip(grads_a, grads_b):
-        torch.testing.assert_close(g_a, g_b, atol=1e-12, rtol=1e-10)
-    for k in buffers_a:
-        torch.testing.assert_close(buffers_a[k], buffers_b[k], atol=1e-12, rtol=0)
+    loss_a, grads_a, buffers_a = results[0]
+    for loss_b, grads_b, buffers_b in results[1:]:
+        torch.testing.assert_close(loss_a, loss_b, atol=1e-12, rtol=0)
+        for g_a, g_b in zip(grads_a, grads_b):
+            torch.testing.assert_close(g_a, g_b, atol=1e-12, rtol=1e-10)
+        for k in buffers_a:
+            torch.testing.assert_close(buffers_a[k], buffers_b[k], atol=1e-12, rtol=0)
 
 
 def test_the_conv_strategy_follows_the_device() -> None:
