@@ -77,7 +77,7 @@ class LearnerConfig(BaseModel):
         "flatten",
         description=(
             "Conv backbone: flatten the last block's feature map for the head / embedding (MAML's and "
-            "ProtoNet's code), or global-average-pool it first ('mean', the MMAML-Classification and KML code)."
+            "ProtoNet's code), or global-average-pool it first ('mean', the MMAML-Classification code)."
         ),
     )
     bn_affine: bool = Field(
@@ -91,7 +91,7 @@ class LearnerConfig(BaseModel):
         "default",
         description=(
             "Conv backbone initialisation: PyTorch's default U(+-1/sqrt(fan_in)), or xavier-uniform weights "
-            "and zero biases, as the MMAML-Classification and KML code initialise their image networks."
+            "and zero biases, as the MMAML-Classification code initialises its image networks."
         ),
     )
     norm: Literal["transductive", "running", "none"] = Field(
