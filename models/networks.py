@@ -462,6 +462,10 @@ class ConvNet(Backbone):
 
     #: 'auto' (:func:`conv_strategy` of the input's device), 'per-task' or 'grouped'; tests compare them.
     strategy: str = "auto"
+    #: Whether the per-task path may run large batches channels-last (:data:`CHANNELS_LAST_BATCH`). The MAML
+    #: family turns it off: there the query pass feeds a second-order graph built in the plain layout, and the
+    #: mixed layouts measured slower than the plain one throughout.
+    channels_last: bool = True
 
     def __init__(
         self,
@@ -578,7 +582,8 @@ class ConvNet(Backbone):
         """
         tasks = x.shape[0]
         batch = x.shape[1]
-        layout = torch.channels_last if batch >= CHANNELS_LAST_BATCH else torch.contiguous_format
+        wide = self.channels_last and batch >= CHANNELS_LAST_BATCH
+        layout = torch.channels_last if wide else torch.contiguous_format
         hs = [x_t.contiguous(memory_format=layout) for x_t in x.unbind(0)]
         for i, block in enumerate(self.blocks):
             prefix = f"blocks.{i}."
@@ -606,9 +611,8 @@ class ConvNet(Backbone):
 
 
 
-#: Per-task batches at least this large run channels-last: oneDNN's convolutions and their backward then run
-#: 15-25 % faster (ProtoNet's 80 images, MAML's query set); a few support images run faster in the plain layout,
-#: whose double backward (MAML's second-order inner steps) channels-last does not speed up.
+#: With ``ConvNet.channels_last``, per-task batches at least this large run channels-last: oneDNN's convolutions
+#: and their backward then run 15-25 % faster (ProtoNet's 80 images); a few images run as fast in the plain layout.
 CHANNELS_LAST_BATCH = 16
 
 

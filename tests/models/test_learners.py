@@ -153,6 +153,7 @@ def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
         monkeypatch.setattr(networks, "CHANNELS_LAST_BATCH", channels_last_from)
         learner.load_state_dict(state)
         learner.backbone.strategy = strategy  # type: ignore[assignment]
+        learner.backbone.channels_last = True  # type: ignore[assignment]
         out = learner.task_outputs(params, batch)
         buffers = {k: v.clone() for k, v in learner.named_buffers()}
         results.append((out.loss, _meta_gradient(params, out.loss.sum()), buffers))
