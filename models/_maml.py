@@ -87,14 +87,18 @@ class MAML(MetaLearner):
 
         With ``training`` False (evaluation) or under ``torch.no_grad()``, the inner loop still takes its
         gradient steps but nothing is kept for a meta-gradient, and 'running' BatchNorm uses its running
-        statistics. ``metric_before`` is the query metric of the modulated, not yet adapted network.
+        statistics. ``metric_before`` is the query metric of the modulated, not yet adapted network, in
+        evaluation only: a training pass (``training`` True) leaves it None, since meta-training never reads
+        it and it would cost a forward pass of every query set.
         """
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
             taus = self._taus(params, batch.support_x, batch.support_y, training=training)
             theta, route = self._route(sub_params(params, "backbone."), batch)
-            with torch.no_grad():
-                before = self.backbone.run(theta, batch.query_x, taus, route=route, training=training)
-                metric_before = self._loss_and_metric(before, batch.query_y)[1]
+            metric_before = None
+            if not training:
+                with torch.no_grad():
+                    before = self.backbone.run(theta, batch.query_x, taus, route=route, training=training)
+                    metric_before = self._loss_and_metric(before, batch.query_y)[1]
             fast = self._adapt(theta, self._step_sizes(params, batch), taus, batch, route, training=training)
             out = self.backbone.run(fast, batch.query_x, taus, route=route, training=training, track=training)
             loss, metric = self._loss_and_metric(out, batch.query_y)
@@ -175,7 +179,10 @@ class MAML(MetaLearner):
             deltas = {k: d * scale.view(-1, 1, 1) for k, d in deltas.items()}
         if cfg.inner_grad_clamp is not None:  # element-wise (MMAML code); no layer is factored then
             grads = {k: g.clamp(-cfg.inner_grad_clamp, cfg.inner_grad_clamp) for k, g in grads.items()}
-        dense = {k: v - (steps[k] if isinstance(steps, dict) else steps) * grads[k] for k, v in dense.items()}
+        if isinstance(steps, dict):
+            dense = {k: v - steps[k] * grads[k] for k, v in dense.items()}
+        else:  # one fused kernel, whose backward is one scaling instead of a negation and a scaling
+            dense = {k: torch.add(v, grads[k], alpha=-steps) for k, v in dense.items()}
         factors = dict(factors)
         for p, delta in deltas.items():
             left, right = -steps * delta, inputs[p]  # type: ignore[operator]  # factored layers only with a scalar α

@@ -73,6 +73,27 @@ class LearnerConfig(BaseModel):
     downsample: Literal["stride", "maxpool"] = Field(
         "maxpool", description="Conv blocks downsample with a stride-2 conv or a 2x2 max-pool."
     )
+    pool: Literal["flatten", "mean"] = Field(
+        "flatten",
+        description=(
+            "Conv backbone: flatten the last block's feature map for the head / embedding (MAML's and "
+            "ProtoNet's code), or global-average-pool it first ('mean', the MMAML-Classification code)."
+        ),
+    )
+    bn_affine: bool = Field(
+        True,
+        description=(
+            "Conv backbone: BatchNorm with a learned per-channel scale and shift; false normalises only "
+            "(the MMAML-Classification code's default, where FiLM supplies the affine)."
+        ),
+    )
+    init: Literal["default", "xavier"] = Field(
+        "default",
+        description=(
+            "Conv backbone initialisation: PyTorch's default U(+-1/sqrt(fan_in)), or xavier-uniform weights "
+            "and zero biases, as the MMAML-Classification code initialises its image networks."
+        ),
+    )
     norm: Literal["transductive", "running", "none"] = Field(
         "transductive",
         description=(

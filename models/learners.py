@@ -51,14 +51,19 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
             copies=copies,
         )
     else:
-        backbone = ConvNet(
+        conv = ConvNet(
             benchmark.input_shape,
             cfg.channels,
             downsample=cfg.downsample,
             norm=cfg.norm,
             outputs=benchmark.output_dim if algorithm == "maml" else None,
             copies=copies,
+            pool=cfg.pool,
+            bn_affine=cfg.bn_affine,
+            init=cfg.init,
         )
+        conv.channels_last = algorithm != "maml"
+        backbone = conv
     modulation = build_modulation(
         cfg.resolved_modulation,
         backbone.layer_shapes,

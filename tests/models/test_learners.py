@@ -96,24 +96,82 @@ EVERY_LEARNER: list[tuple[str, dict[str, object]]] = [
     ("classification", dict(learner="kml")),
     ("classification", dict(learner="kml", kml_rank=3, transductive=True, downsample="stride")),
     ("classification", dict(learner="kml", query_embedding=True, transductive=True)),
+    # The MMAML-Classification network: stride 2, global average pool, BN without affine, xavier init.
+    ("classification", dict(learner="maml", downsample="stride", pool="mean", bn_affine=False, init="xavier")),
+    ("classification", dict(learner="mmaml", downsample="stride", pool="mean", bn_affine=False, init="xavier")),
+    ("classification", dict(learner="kml", downsample="stride", pool="mean", bn_affine=False, init="xavier")),
+    ("classification", dict(learner="multi_maml", norm="running", pool="mean", bn_affine=False)),
+    ("classification", dict(learner="kml", base="maml", norm="running", inner_grad_clip=0.1)),
 ]
 
+#: The conv backbone's execution strategies (``ConvNet.strategy``): each must give the same numbers.
+STRATEGIES = ["per-task", "grouped"]
 
-@pytest.mark.parametrize(("kind", "overrides"), EVERY_LEARNER, ids=lambda v: str(v))
-def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object]) -> None:
-    # One batched call over the meta-batch gives the per-task loop's losses and meta-gradient (tasks never mix).
+
+def _cases_with_strategies() -> list[tuple[str, dict[str, object], str]]:
+    return [(k, o, s) for k, o in EVERY_LEARNER for s in (STRATEGIES if k == "classification" else ["auto"])]
+
+
+@pytest.mark.parametrize(("kind", "overrides", "strategy"), _cases_with_strategies(), ids=lambda v: str(v))
+def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object], strategy: str) -> None:
+    # One batched call over the meta-batch gives the per-task loop's losses and meta-gradient (tasks never mix),
+    # in training and in evaluation (where metric_before is computed), with either conv strategy.
     learner, batch = _tiny(kind, **overrides)
+    learner.backbone.strategy = strategy  # type: ignore[assignment]
     params = learner.params()
     batched = learner.task_outputs(params, batch)
     looped = reference_loop_outputs(learner, params, batch)
     torch.testing.assert_close(batched.loss, looped.loss, atol=1e-6, rtol=0)
     torch.testing.assert_close(batched.metric, looped.metric, atol=1e-6, rtol=0)
-    if batched.metric_before is not None or looped.metric_before is not None:
-        torch.testing.assert_close(batched.metric_before, looped.metric_before, atol=1e-6, rtol=0)
+    assert batched.metric_before is None and looped.metric_before is None  # a training pass does not compute it
     for g_batched, g_looped in zip(
         _meta_gradient(params, batched.loss.sum()), _meta_gradient(params, looped.loss.sum())
     ):
         torch.testing.assert_close(g_batched, g_looped, atol=1e-6, rtol=0)
+    evaluated = learner.task_outputs(params, batch, training=False)
+    looped = reference_loop_outputs(learner, params, batch, training=False)
+    torch.testing.assert_close(evaluated.loss, looped.loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(evaluated.metric, looped.metric, atol=1e-6, rtol=0)
+    if learner.config.base_algorithm == "maml":
+        torch.testing.assert_close(evaluated.metric_before, looped.metric_before, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("kind", "overrides"), [c for c in EVERY_LEARNER if c[0] == "classification"], ids=str)
+def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
+    kind: str, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Per-task convolutions (CPU; plain or channels-last layout) and the grouped layout (accelerators) give the same
+    # losses, meta-gradient and running BatchNorm statistics, to float64 rounding: which one runs never moves a
+    # study's results.
+    from mmlo.models import networks
+
+    learner, batch = _tiny(kind, **overrides)
+    params = learner.params()
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    results = []
+    for strategy, channels_last_from in (("grouped", 10**9), ("per-task", 10**9), ("per-task", 1)):
+        monkeypatch.setattr(networks, "CHANNELS_LAST_BATCH", channels_last_from)
+        learner.load_state_dict(state)
+        learner.backbone.strategy = strategy  # type: ignore[assignment]
+        learner.backbone.channels_last = True  # type: ignore[assignment]
+        out = learner.task_outputs(params, batch)
+        buffers = {k: v.clone() for k, v in learner.named_buffers()}
+        results.append((out.loss, _meta_gradient(params, out.loss.sum()), buffers))
+    loss_a, grads_a, buffers_a = results[0]
+    for loss_b, grads_b, buffers_b in results[1:]:
+        torch.testing.assert_close(loss_a, loss_b, atol=1e-12, rtol=0)
+        for g_a, g_b in zip(grads_a, grads_b):
+            torch.testing.assert_close(g_a, g_b, atol=1e-12, rtol=1e-10)
+        for k in buffers_a:
+            torch.testing.assert_close(buffers_a[k], buffers_b[k], atol=1e-12, rtol=0)
+
+
+def test_the_conv_strategy_follows_the_device() -> None:
+    # auto: one ordinary convolution per task on CPU, the grouped layout on accelerators.
+    from mmlo.models.networks import conv_strategy
+
+    assert conv_strategy(torch.device("cpu")) == "per-task"
+    assert conv_strategy(torch.device("cuda")) == "grouped"
 
 
 def _linear_maml(**overrides: object) -> tuple[Learner, TaskBatch]:
@@ -144,7 +202,8 @@ def test_one_inner_step_on_a_linear_model_equals_the_closed_form(meta_sgd: bool)
     # Support residuals (-0.4, -1.9): ∇w = Σ r x = -4.2, ∇b = Σ r = -2.3 (MSE over 2 points);
     # w' = 0.92, b' = 0.33; query 0.92·3 + 0.33 - 2 = 1.09 -> loss 1.1881; before: (1.6 - 2)² = 0.16.
     learner, batch = _linear_maml(learn_inner_lr=meta_sgd)
-    out = learner(batch)
+    assert learner(batch).metric_before is None  # meta-training never reads it
+    out = learner(batch, training=False)
     torch.testing.assert_close(out.loss, torch.tensor([1.1881], dtype=torch.float64))
     torch.testing.assert_close(out.metric, torch.tensor([1.1881], dtype=torch.float64))
     assert out.metric_before is not None
@@ -218,11 +277,14 @@ def test_written_out_inner_loop_equals_the_autograd_inner_loop(
     params = learner.params()
     written = learner.task_outputs(params, batch)
     assert len(calls) == learner.config.inner_steps
+    written_before = learner.task_outputs(params, batch, training=False).metric_before
     learner.written_out_inner_loop = False  # type: ignore[misc]
+    calls.clear()
     reference = learner.task_outputs(params, batch)
-    assert len(calls) == learner.config.inner_steps
+    assert not calls
     torch.testing.assert_close(written.loss, reference.loss, atol=1e-12, rtol=0)
-    torch.testing.assert_close(written.metric_before, reference.metric_before, atol=1e-12, rtol=0)
+    reference_before = learner.task_outputs(params, batch, training=False).metric_before
+    torch.testing.assert_close(written_before, reference_before, atol=1e-12, rtol=0)
     for g_written, g_reference in zip(
         _meta_gradient(params, written.loss.sum()), _meta_gradient(params, reference.loss.sum())
     ):
@@ -286,7 +348,7 @@ def test_second_order_meta_gradient_matches_finite_differences(kind: str, overri
 def test_no_inner_steps_means_the_metric_before_is_the_metric() -> None:
     # With inner_steps 0 MAML does not adapt: the post-adaptation metric equals the pre-update one.
     learner, batch = _tiny("classification", learner="mmaml", inner_steps=0)
-    out = learner(batch)
+    out = learner(batch, training=False)
     assert out.metric_before is not None
     torch.testing.assert_close(out.metric, out.metric_before)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,10 +48,15 @@ def test_per_task_conv_and_linear_equal_a_loop() -> None:
             torch.testing.assert_close(out[t], F.linear(h[t], w_t, b_t))
 
 
-def test_transductive_batch_norm_normalises_each_task_on_its_own() -> None:
+STRATEGIES = ["per-task", "grouped"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_transductive_batch_norm_normalises_each_task_on_its_own(strategy: str) -> None:
     # conv -> BN with batch statistics per task: task t is normalised over its own (B, H, W), whatever the others hold.
     torch.manual_seed(1)
     net = ConvNet((3, 8, 8), [4], norm="transductive", downsample="stride").double()
+    net.strategy = strategy
     params = dict(net.named_parameters())
     x = torch.rand(2, 5, 3, 8, 8, dtype=torch.float64)
     x[1] = x[1] * 10 + 3
@@ -60,10 +67,12 @@ def test_transductive_batch_norm_normalises_each_task_on_its_own() -> None:
         torch.testing.assert_close(out[t], F.relu((z - mean) / torch.sqrt(var + 1e-5)))
 
 
-def test_running_batch_norm_tracks_and_then_uses_running_statistics() -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_running_batch_norm_tracks_and_then_uses_running_statistics(strategy: str) -> None:
     # A tracked training pass moves running stats by momentum 0.1 towards the mean over tasks; eval then uses them.
     torch.manual_seed(2)
     net = ConvNet((3, 4, 4), [2], norm="running", downsample="stride").double()
+    net.strategy = strategy
     params = dict(net.named_parameters())
     x = torch.rand(2, 3, 3, 4, 4, dtype=torch.float64)
     net.run(params, x, training=True, track=True)
@@ -80,9 +89,11 @@ def test_running_batch_norm_tracks_and_then_uses_running_statistics() -> None:
     torch.testing.assert_close(out, F.relu(expected))
 
 
-def test_stacked_networks_route_running_statistics_per_copy() -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_stacked_networks_route_running_statistics_per_copy(strategy: str) -> None:
     # Oracle copies keep their own running statistics; only copies that saw tasks move.
     net = ConvNet((3, 4, 4), [2], norm="running", downsample="stride", copies=3).double()
+    net.strategy = strategy
     params = {k: v[torch.tensor([2, 2])] for k, v in net.named_parameters()}
     net.run(params, torch.rand(2, 3, 3, 4, 4, dtype=torch.float64), route=torch.tensor([2, 2]), track=True)
     block = net.blocks[0]
@@ -135,3 +146,69 @@ def test_images_too_small_for_the_blocks_are_refused() -> None:
     # Four halvings need at least 16 pixels with max-pools.
     with pytest.raises(ValueError, match="too small"):
         ConvNet((3, 8, 8), [4, 4, 4, 4])
+
+
+def test_the_mmaml_classification_network_pools_globally_before_its_head() -> None:
+    # pool 'mean': features = the last block's channels (256), whatever the image size; the head reads 256 -> 5.
+    # Parameters: convs 3·32·9+32 + 32·64·9+64 + 64·128·9+128 + 128·256·9+256 = 388,416, head 256·5+5 = 1,285.
+    for size in (28, 84):
+        net = ConvNet((3, size, size), [32, 64, 128, 256], downsample="stride", pool="mean", bn_affine=False, outputs=5)
+        assert net.features == 256 and net.out_features == 5
+        assert net.run(dict(net.named_parameters()), torch.rand(2, 3, 3, size, size)).shape == (2, 3, 5)
+        assert sum(p.numel() for p in net.parameters()) == 388416 + 1285
+    flat = ConvNet((3, 84, 84), [32, 64, 128, 256], downsample="stride")
+    assert flat.features == 256 * 6 * 6
+    assert sum(p.numel() for p in flat.parameters()) == 388416 + 2 * (32 + 64 + 128 + 256)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_global_average_pool_is_the_mean_of_the_flattened_map(strategy: str) -> None:
+    # The 'mean' embedding is the spatial mean of the 'flatten' embedding's feature map, task by task.
+    torch.manual_seed(5)
+    flat = ConvNet((3, 8, 8), [4, 6], downsample="stride").double()
+    mean = ConvNet((3, 8, 8), [4, 6], downsample="stride", pool="mean").double()
+    flat.strategy = mean.strategy = strategy
+    params = dict(flat.named_parameters())
+    x = torch.rand(3, 2, 3, 8, 8, dtype=torch.float64)
+    expected = flat.run(params, x).view(3, 2, 6, 2, 2).mean(dim=(3, 4))
+    torch.testing.assert_close(mean.run(params, x), expected)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_batch_norm_without_affine_has_no_scale_or_shift(strategy: str) -> None:
+    # bn_affine False: no bn_weight/bn_bias parameters, and the output is the affine BN's at scale 1, shift 0.
+    torch.manual_seed(6)
+    plain = ConvNet((3, 8, 8), [4], downsample="stride", bn_affine=False).double()
+    affine = ConvNet((3, 8, 8), [4], downsample="stride").double()
+    plain.strategy = affine.strategy = strategy
+    assert set(dict(plain.named_parameters())) == {"blocks.0.weight", "blocks.0.bias"}
+    assert {"blocks.0.bn_weight", "blocks.0.bn_bias"} <= set(dict(affine.named_parameters()))
+    params = dict(plain.named_parameters())
+    x = torch.rand(2, 3, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(plain.run(params, x), affine.run({**dict(affine.named_parameters()), **params}, x))
+
+
+def test_xavier_init_draws_weights_within_the_glorot_bound_and_zero_biases() -> None:
+    # xavier: U(±√(6 / (fan_in + fan_out))) with fan = channels · 3 · 3 (conv) or features (head); biases 0.
+    # Block 2 (64 -> 128): bound √(6 / (576 + 1152)) = 0.0589; head 256 -> 5: √(6 / 261) = 0.1516.
+    torch.manual_seed(7)
+    net = ConvNet((3, 84, 84), [32, 64, 128, 256], downsample="stride", pool="mean", init="xavier", outputs=5, copies=2)
+    for block, (c_in, c_out) in zip(net.blocks, [(3, 32), (32, 64), (64, 128), (128, 256)]):
+        bound = math.sqrt(6 / (9 * c_in + 9 * c_out))
+        assert block.weight.abs().max() <= bound and block.weight.abs().max() > 0.95 * bound
+        assert not block.bias.any()
+    assert math.isclose(math.sqrt(6 / (576 + 1152)), 0.0589, abs_tol=1e-4)
+    head_bound = math.sqrt(6 / 261)
+    assert net.head.weight.abs().max() <= head_bound and net.head.weight.abs().max() > 0.9 * head_bound
+    assert not net.head.bias.any()
+    assert not torch.equal(net.blocks[1].weight[0], net.blocks[1].weight[1])  # each copy its own draw
+    default = ConvNet((3, 84, 84), [32, 64, 128, 256], downsample="stride")
+    assert default.blocks[1].bias.any()  # PyTorch's default init keeps random biases
+
+
+def test_unknown_architecture_options_are_refused() -> None:
+    # pool and init name a known choice.
+    with pytest.raises(ValueError, match="pool"):
+        ConvNet((3, 8, 8), [4], pool="max")
+    with pytest.raises(ValueError, match="init"):
+        ConvNet((3, 8, 8), [4], init="kaiming")
