@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from mmlo.models.config import LearnerConfig
 from mmlo.orchestrator.plan import ablation_trials
 from mmlo.orchestrator.spec import Study, load_study
 
