@@ -2,8 +2,10 @@
 
 Every parameter a backbone reads from its ``params`` dict is either *shared* by all T tasks (the
 parameter's own shape) or *per task* (a leading T axis: MAML's adapted weights, KML's modulated kernels,
-an oracle's per-mode weights routed to each task). The forward passes handle both without a loop over
-tasks:
+an oracle's per-mode weights routed to each task). The forward passes handle both in one call for the whole
+meta-batch, building one graph; the conv net picks how per device (:func:`conv_strategy`): on CPU one ordinary
+convolution per task and layer on views of the per-task tensors (oneDNN runs these faster than a grouped one),
+elsewhere, and under a caller's torch.func transform, without any loop over tasks:
 
 - linear layers use ``F.linear`` (shared) or a batched ``baddbmm`` (per task);
 - conv layers run in the *grouped layout* ``[B, T*C, H, W]``: task t owns channels ``t*C .. t*C+C-1``,
@@ -604,11 +606,10 @@ class ConvNet(Backbone):
                     h = h + shifts[t].view(1, -1, 1, 1)
                 h = F.relu(h)
                 hs[t] = F.max_pool2d(h, 2) if self.maxpool else h
-            norm.finish(track=track)
+            norm.finish()
         if self.global_pool:
             return torch.stack([h.mean(dim=(2, 3)) for h in hs])
         return torch.stack([h.flatten(1) for h in hs])
-
 
 
 #: With ``ConvNet.channels_last``, per-task batches at least this large run channels-last: oneDNN's convolutions
@@ -661,7 +662,7 @@ class _PerTaskNorm:
                 self.variances.append(h.var(dim=(0, 2, 3), unbiased=True))
         return F.batch_norm(h, None, None, self.weights[t], self.biases[t], training=True, eps=BN_EPS)
 
-    def finish(self, *, track: bool) -> None:
+    def finish(self) -> None:
         """Move the running statistics once, from every task's batch statistics (a training pass that tracks)."""
         if self.means:
             with torch.no_grad():
