@@ -28,6 +28,7 @@ backward graph per step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -133,25 +134,26 @@ class MAML(MetaLearner):
         dense = {k: v if route is not None else v.expand(tasks, *v.shape) for k, v in theta.items() if k not in base}
         if not isinstance(steps, dict) and self._written_out(theta, factored):
             return self._adapt_written_out(base, dense, steps, taus, batch, route, training=training)
+
+        def support_loss(weights: Params, probes: Params, fixed: Params) -> tuple[torch.Tensor, Params]:
+            inputs: Params = {}
+            probed = {f"{p}.probe": v for p, v in probes.items()}
+            out = self._support_pass(
+                {**fixed, **weights, **probed},
+                batch.support_x,
+                taus,
+                route=route,
+                training=training,
+                capture=inputs if factored else None,
+            )
+            return self._loss_and_metric(out, batch.support_y)[0].sum(), inputs
+
         factors: Params = {}
         for _ in range(cfg.inner_steps):
             # A factored layer's δ is the gradient of a zero probe added to its output.
             probes = {p: batch.support_x.new_zeros(tasks, n_support, width) for p, width in factored.items()}
-
-            def support_loss(weights: Params, probes: Params) -> tuple[torch.Tensor, Params]:
-                inputs: Params = {}
-                probed = {f"{p}.probe": v for p, v in probes.items()}
-                out = self._support_pass(
-                    {**base, **factors, **weights, **probed},
-                    batch.support_x,
-                    taus,
-                    route=route,
-                    training=training,
-                    capture=inputs if factored else None,
-                )
-                return self._loss_and_metric(out, batch.support_y)[0].sum(), inputs
-
-            grads, deltas, inputs = _inner_gradients(support_loss, dense, probes, create_graph=not cfg.first_order)
+            loss = functools.partial(support_loss, fixed={**base, **factors})
+            grads, deltas, inputs = _inner_gradients(loss, dense, probes, create_graph=not cfg.first_order)
             dense, factors = self._step(dense, factors, grads, deltas, inputs, steps)
         return {**base, **factors, **dense}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ class ConvEncoder(TaskEncoder):
     ) -> torch.Tensor:
         tasks, batch = support_x.shape[:2]
         h = grouped(support_x)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(cast("Sequence[ConvBlock]", self.blocks)):
             h = conv_block(
                 block,
                 params,

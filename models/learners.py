@@ -93,9 +93,9 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
 def reference_loop_outputs(learner: Learner, params: Params, batch: TaskBatch, *, training: bool = True) -> TaskOutput:
     """The same math one task at a time in a Python loop: the baseline for equivalence tests and benches."""
     outputs = [learner.task_outputs(params, batch.select([i]), training=training) for i in range(batch.num_tasks)]
-    before = [o.metric_before for o in outputs]
+    before = [o.metric_before for o in outputs if o.metric_before is not None]
     return TaskOutput(
         loss=torch.cat([o.loss for o in outputs]),
         metric=torch.cat([o.metric for o in outputs]),
-        metric_before=None if any(b is None for b in before) else torch.cat(before),  # type: ignore[misc]
+        metric_before=torch.cat(before) if len(before) == len(outputs) else None,
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +129,10 @@ class ConvBlock(nn.Module):
     ``init`` 'default' is PyTorch's Conv2d initialisation, 'xavier' xavier-uniform weights and zero biases;
     without ``affine`` BatchNorm only normalises (no ``bn_weight``/``bn_bias``).
     """
+
+    #: Buffers, registered only with norm 'running'.
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
 
     def __init__(
         self,
@@ -512,6 +517,11 @@ class ConvNet(Backbone):
             for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
         )
 
+    @property
+    def conv_blocks(self) -> list[ConvBlock]:
+        """The blocks, typed (an ``nn.ModuleList`` yields plain modules)."""
+        return [cast(ConvBlock, block) for block in self.blocks]
+
     def run(
         self,
         params: Params,
@@ -549,7 +559,7 @@ class ConvNet(Backbone):
         """The features ``[T, B, features]`` of all tasks at once, in the grouped layout."""
         tasks, batch = x.shape[:2]
         h = grouped(x)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.conv_blocks):
             h = conv_block(
                 block,
                 params,
@@ -587,7 +597,7 @@ class ConvNet(Backbone):
         wide = self.channels_last and batch >= CHANNELS_LAST_BATCH
         layout = torch.channels_last if wide else torch.contiguous_format
         hs = [x_t.contiguous(memory_format=layout) for x_t in x.unbind(0)]
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.conv_blocks):
             prefix = f"blocks.{i}."
             tau = taus[i] if taus is not None else None
             weight, bias = modulated(params[f"{prefix}weight"], params[f"{prefix}bias"], tau)

@@ -54,7 +54,8 @@ class TrainingDiverged(RuntimeError):
 class Hook(Protocol):
     """Called after the outer step of each iteration in ``iterations`` (transference analysis uses this)."""
 
-    iterations: frozenset[int]
+    @property
+    def iterations(self) -> frozenset[int]: ...
 
     def __call__(self, iteration: int, learner: Learner, benchmark: Benchmark) -> None: ...
 
@@ -302,7 +303,7 @@ def train_alone(
     """``mmlo train``: train without Ray, print each report as one JSON line, then per-mode test means ± 95 % CI."""
 
     def show(metrics: dict[str, float], checkpoint: Path | None) -> None:
-        line = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
+        line: dict[str, float | str] = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
         if checkpoint is not None:
             line["checkpoint"] = str(checkpoint)
         print(json.dumps(line), flush=True)

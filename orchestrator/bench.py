@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -130,10 +130,14 @@ CASES: dict[str, BenchCase] = _cases()
 # inner steps, a per-task modulated kernel for KML.
 
 
+#: FiLM's (γ, β) for each block.
+Film = list[tuple[torch.Tensor, torch.Tensor]]
+
+
 def _paper_net(
     p: Params,
     x: torch.Tensor,
-    film: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    film: Film | None = None,
     kernels: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """One task's images through the MMAML-Classification conv net: features ``[B, C]``."""
@@ -163,7 +167,7 @@ def _task_embedding(p: Params, x: torch.Tensor) -> torch.Tensor:
     return h.mean(dim=0)
 
 
-def _film(p: Params, u: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _film(p: Params, u: torch.Tensor) -> Film:
     """(γ, β) of every block from υ."""
     heads = [F.linear(u, p[f"modulation.heads.{i}.weight"], p[f"modulation.heads.{i}.bias"]) for i in range(BLOCKS)]
     return [tuple(head.chunk(2)) for head in heads]  # type: ignore[misc]
@@ -190,7 +194,7 @@ def textbook_maml(learner: Learner, params: Params, batch: TaskBatch, *, trainin
         film = _film(params, _task_embedding(params, batch.support_x[t])) if cfg.resolved_modulation == "film" else None
         fast = dict(backbone)
 
-        def logits(weights: Params, x: torch.Tensor) -> torch.Tensor:
+        def logits(weights: Params, x: torch.Tensor, film: Film | None = film) -> torch.Tensor:
             return F.linear(_paper_net(weights, x, film=film), weights["head.weight"], weights["head.bias"])
 
         for _ in range(cfg.inner_steps):
@@ -208,7 +212,7 @@ def textbook_protonet(learner: Learner, params: Params, batch: TaskBatch, *, tra
     of the support embeddings (class-major support), logits the negative squared distances."""
     backbone = {k[len("backbone."):]: v for k, v in params.items() if k.startswith("backbone.")}
     shapes = [backbone[f"blocks.{i}.weight"].shape for i in range(BLOCKS)]
-    ways = learner.outputs  # type: ignore[attr-defined]
+    ways = cast(int, learner.outputs)  # a meta-learner's class count (an nn.Module attribute to mypy)
     n_support = batch.support_x.shape[1]
     losses, accuracies = [], []
     for t in range(batch.num_tasks):
@@ -397,7 +401,8 @@ def run_bench(
     spawn = multiprocessing.get_context("spawn")
     notes = set()
     for name in names:
-        environment, description = choose("regression" if CASES[name].image_size is None else "classification", allocator)
+        kind = "regression" if CASES[name].image_size is None else "classification"
+        environment, description = choose(kind, allocator)
         if not environment and description != "system malloc":
             notes.add(description)
         for count in threads:

@@ -137,7 +137,8 @@ def study(
         bool, typer.Option("--resume", help="Finish an interrupted study without re-running finished trials.")
     ] = False,
     dashboard: Annotated[
-        bool, typer.Option("--dashboard/--no-dashboard", help="Start Ray's dashboard and print its URL once it answers.")
+        bool,
+        typer.Option("--dashboard/--no-dashboard", help="Start Ray's dashboard and print its URL once it answers."),
     ] = True,
 ) -> None:
     """Run a study (or each study of a multi-document file): ablation, Optuna search, confirm; Parquet; report."""
@@ -251,8 +252,12 @@ def transference(
 
 @app.command()
 def train(
-    benchmark: Annotated[str, typer.Option("--benchmark", help="A registered benchmark (`mmlo data list`).")] = "regression2",
-    learner: Annotated[str, typer.Option("--learner", help="maml | multi_maml | mmaml | protonet | ... | kml")] = "mmaml",
+    benchmark: Annotated[
+        str, typer.Option("--benchmark", help="A registered benchmark (`mmlo data list`).")
+    ] = "regression2",
+    learner: Annotated[
+        str, typer.Option("--learner", help="maml | multi_maml | mmaml | protonet | ... | kml")
+    ] = "mmaml",
     base: Annotated[str | None, typer.Option("--base", help="kml only: protonet | maml")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1)] = 200,
     meta_batch: Annotated[
@@ -339,7 +344,12 @@ def train(
             raise UserError(str(err).strip("'\"")) from None
         torch.set_num_threads(threads)
         train_alone(
-            learner_cfg, train_cfg, get_benchmark(bench_cfg), checkpoint_dir=checkpoint_dir, resume_from=resume, device=device
+            learner_cfg,
+            train_cfg,
+            get_benchmark(bench_cfg),
+            checkpoint_dir=checkpoint_dir,
+            resume_from=resume,
+            device=device,
         )
 
     _guard(body)
