@@ -201,3 +201,11 @@ def test_a_full_disk_leaves_the_last_complete_table(run_dir: Path, tmp_path: Pat
         assert not [p for p in copy.rglob("*") if ".tmp" in p.name]
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_readme_lists_every_configuration_column() -> None:
+    """The README's table contract names each cfg_ column a trial records (LearnerConfig then TrainConfig)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `cfg_<field>`"))
+    listed = row[row.index("The columns: ") :].split("`")[1::2]
+    assert listed == [f"cfg_{f}" for f in [*LearnerConfig.model_fields, *TrainConfig.model_fields]]
