@@ -4,22 +4,26 @@ routing, parameter counts and configuration errors."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import torch
 
-from mmlo.models.base import Learner, Params
+from mmlo.models._meta_learner import MetaLearner
+from mmlo.models.base import Params
 from mmlo.models.config import LearnerConfig
 from mmlo.models.learners import MAML, build_learner, reference_loop_outputs
-from mmlo.tasks.base import Benchmark, Split, TaskBatch
+from mmlo.models.modulation import KernelModulation, LayerModulation
+from mmlo.models.networks import MLP, ConvNet, LinearLayer
+from mmlo.tasks.base import Benchmark, Kind, Split, TaskBatch
 
 
 class TinyBenchmark(Benchmark):
     """Random tasks of tiny shapes: images ``3 x size x size`` (ways-way) or 1-d regression, 2 modes."""
 
-    def __init__(self, kind: str, *, size: int = 8, ways: int = 3, shots: int = 2, query: int = 2) -> None:
+    def __init__(self, kind: Kind, *, size: int = 8, ways: int = 3, shots: int = 2, query: int = 2) -> None:
         self.name = f"tiny-{kind}"
-        self.kind = kind  # type: ignore[assignment]
+        self.kind = kind
         self.modes = ("first", "second")
         self.input_shape = (3, size, size) if kind == "classification" else (1,)
         self.output_dim = ways if kind == "classification" else 1
@@ -27,7 +31,7 @@ class TinyBenchmark(Benchmark):
 
     def tasks(self, split: Split, modes: Sequence[int], seeds: Sequence[int]) -> TaskBatch:
         rows = []
-        for mode, seed in zip(modes, seeds):
+        for mode, seed in zip(modes, seeds, strict=True):
             g = torch.Generator().manual_seed(int(seed))
             if self.kind == "classification":
                 n_s, n_q = self.ways * self.shots, self.ways * self.query
@@ -43,39 +47,44 @@ class TinyBenchmark(Benchmark):
                 amplitude = torch.rand(1, generator=g) * 2
                 sy, qy = amplitude * torch.sin(sx) + mode, amplitude * torch.sin(qx) + mode
             rows.append((sx, sy, qx, qy))
-        sx, sy, qx, qy = (torch.stack(column) for column in zip(*rows))
+        sx, sy, qx, qy = (torch.stack(column) for column in zip(*rows, strict=True))
         return TaskBatch(sx, sy, qx, qy, torch.tensor(list(modes)), torch.tensor(list(seeds)))
 
 
 def _double(batch: TaskBatch) -> TaskBatch:
+    def double(t: torch.Tensor) -> torch.Tensor:
+        return t.double() if t.is_floating_point() else t
+
     return TaskBatch(
-        *(
-            t.double() if t.is_floating_point() else t
-            for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        ),
+        double(batch.support_x),
+        double(batch.support_y),
+        double(batch.query_x),
+        double(batch.query_y),
         batch.mode,
         batch.seed,
     )
 
 
-def _tiny(kind: str, seed: int = 0, **overrides: object) -> tuple[Learner, TaskBatch]:
-    """A float64 learner with tiny widths and a 4-task meta-batch over both modes."""
+def _tiny(kind: Kind, seed: int = 0, /, **overrides: object) -> tuple[MetaLearner, TaskBatch]:
+    """A float64 learner with tiny widths and a 4-task meta-batch over both modes (``seed`` positional only, so
+    that ``overrides`` may hold any configuration key)."""
     benchmark = TinyBenchmark(kind)
     settings: dict[str, object] = dict(
         channels=[4, 4], hidden=[8, 8], bias_transformation=3, embedding_dim=6, inner_steps=2, inner_lr=0.1
     )
     settings.update(overrides)
     torch.manual_seed(seed)
-    learner = build_learner(LearnerConfig(**settings), benchmark).double()  # type: ignore[arg-type]
+    learner = build_learner(LearnerConfig(**settings), benchmark).double()
+    assert isinstance(learner, MetaLearner)
     return learner, _double(benchmark.tasks("train", [0, 1, 1, 0], [11, 12, 13, 14]))
 
 
 def _meta_gradient(params: Params, loss: torch.Tensor) -> list[torch.Tensor]:
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)]
 
 
-EVERY_LEARNER: list[tuple[str, dict[str, object]]] = [
+EVERY_LEARNER: list[tuple[Kind, dict[str, object]]] = [
     ("regression", dict(learner="maml")),
     ("regression", dict(learner="multi_maml")),
     ("regression", dict(learner="mmaml")),
@@ -108,16 +117,19 @@ EVERY_LEARNER: list[tuple[str, dict[str, object]]] = [
 STRATEGIES = ["per-task", "grouped"]
 
 
-def _cases_with_strategies() -> list[tuple[str, dict[str, object], str]]:
+def _cases_with_strategies() -> list[tuple[Kind, dict[str, object], str]]:
     return [(k, o, s) for k, o in EVERY_LEARNER for s in (STRATEGIES if k == "classification" else ["auto"])]
 
 
 @pytest.mark.parametrize(("kind", "overrides", "strategy"), _cases_with_strategies(), ids=lambda v: str(v))
-def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object], strategy: str) -> None:
+def test_vectorised_equals_reference_loop(kind: Kind, overrides: dict[str, object], strategy: str) -> None:
     # One batched call over the meta-batch gives the per-task loop's losses and meta-gradient (tasks never mix),
     # in training and in evaluation (where metric_before is computed), with either conv strategy.
     learner, batch = _tiny(kind, **overrides)
-    learner.backbone.strategy = strategy  # type: ignore[assignment]
+    if isinstance(learner.backbone, ConvNet):
+        learner.backbone.strategy = strategy
+    else:
+        assert strategy == "auto"  # only the conv backbone has strategies
     params = learner.params()
     batched = learner.task_outputs(params, batch)
     looped = reference_loop_outputs(learner, params, batch)
@@ -125,7 +137,7 @@ def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object
     torch.testing.assert_close(batched.metric, looped.metric, atol=1e-6, rtol=0)
     assert batched.metric_before is None and looped.metric_before is None  # a training pass does not compute it
     for g_batched, g_looped in zip(
-        _meta_gradient(params, batched.loss.sum()), _meta_gradient(params, looped.loss.sum())
+        _meta_gradient(params, batched.loss.sum()), _meta_gradient(params, looped.loss.sum()), strict=True
     ):
         torch.testing.assert_close(g_batched, g_looped, atol=1e-6, rtol=0)
     evaluated = learner.task_outputs(params, batch, training=False)
@@ -138,7 +150,7 @@ def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object
 
 @pytest.mark.parametrize(("kind", "overrides"), [c for c in EVERY_LEARNER if c[0] == "classification"], ids=str)
 def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
-    kind: str, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    kind: Kind, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Per-task convolutions (CPU; plain or channels-last layout) and the grouped layout (accelerators) give the same
     # losses, meta-gradient and running BatchNorm statistics, to float64 rounding: which one runs never moves a
@@ -146,21 +158,23 @@ def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
     from mmlo.models import networks
 
     learner, batch = _tiny(kind, **overrides)
+    backbone = learner.backbone
+    assert isinstance(backbone, ConvNet)
     params = learner.params()
     state = {k: v.clone() for k, v in learner.state_dict().items()}
     results = []
     for strategy, channels_last_from in (("grouped", 10**9), ("per-task", 10**9), ("per-task", 1)):
         monkeypatch.setattr(networks, "CHANNELS_LAST_BATCH", channels_last_from)
         learner.load_state_dict(state)
-        learner.backbone.strategy = strategy  # type: ignore[assignment]
-        learner.backbone.channels_last = True  # type: ignore[assignment]
+        backbone.strategy = strategy
+        backbone.channels_last = True
         out = learner.task_outputs(params, batch)
         buffers = {k: v.clone() for k, v in learner.named_buffers()}
         results.append((out.loss, _meta_gradient(params, out.loss.sum()), buffers))
     loss_a, grads_a, buffers_a = results[0]
     for loss_b, grads_b, buffers_b in results[1:]:
         torch.testing.assert_close(loss_a, loss_b, atol=1e-12, rtol=0)
-        for g_a, g_b in zip(grads_a, grads_b):
+        for g_a, g_b in zip(grads_a, grads_b, strict=True):
             torch.testing.assert_close(g_a, g_b, atol=1e-12, rtol=1e-10)
         for k in buffers_a:
             torch.testing.assert_close(buffers_a[k], buffers_b[k], atol=1e-12, rtol=0)
@@ -174,17 +188,18 @@ def test_the_conv_strategy_follows_the_device() -> None:
     assert conv_strategy(torch.device("cuda")) == "grouped"
 
 
-def _linear_maml(**overrides: object) -> tuple[Learner, TaskBatch]:
+def _linear_maml(**overrides: object) -> tuple[MAML, TaskBatch]:
     """MAML on y = w x + b (no hidden layer, no bias transformation) with w = 0.5, b = 0.1, α = 0.1.
 
     One task: support x = (1, 2), y = (1, 3); query x = 3, y = 2.
     """
     settings: dict[str, object] = dict(learner="maml", hidden=[], bias_transformation=0, inner_steps=1, inner_lr=0.1)
     settings.update(overrides)
-    learner = build_learner(LearnerConfig(**settings), TinyBenchmark("regression")).double()  # type: ignore[arg-type]
+    learner = build_learner(LearnerConfig(**settings), TinyBenchmark("regression")).double()
+    assert isinstance(learner, MAML)
     with torch.no_grad():
-        learner.backbone.head.weight.fill_(0.5)
-        learner.backbone.head.bias.fill_(0.1)
+        _head(learner).weight.fill_(0.5)
+        _head(learner).bias.fill_(0.1)
     f64 = torch.float64
     batch = TaskBatch(
         support_x=torch.tensor([[[1.0], [2.0]]], dtype=f64),
@@ -195,6 +210,12 @@ def _linear_maml(**overrides: object) -> tuple[Learner, TaskBatch]:
         seed=torch.tensor([0]),
     )
     return learner, batch
+
+
+def _head(learner: MAML) -> LinearLayer:
+    """The regression MLP's output layer."""
+    assert isinstance(learner.backbone, MLP)
+    return learner.backbone.head
 
 
 @pytest.mark.parametrize("meta_sgd", [False, True], ids=["factored", "dense"])
@@ -215,8 +236,8 @@ def test_second_order_meta_gradient_equals_the_closed_form() -> None:
     # ∂L/∂w = 6.54·0.5 - 2.18·0.3 = 2.616, ∂L/∂b = -6.54·0.3 + 2.18·0.8 = -0.218.
     learner, batch = _linear_maml()
     learner(batch).loss.sum().backward()
-    torch.testing.assert_close(learner.backbone.head.weight.grad, torch.tensor([[2.616]], dtype=torch.float64))
-    torch.testing.assert_close(learner.backbone.head.bias.grad, torch.tensor([-0.218], dtype=torch.float64))
+    torch.testing.assert_close(_head(learner).weight.grad, torch.tensor([[2.616]], dtype=torch.float64))
+    torch.testing.assert_close(_head(learner).bias.grad, torch.tensor([-0.218], dtype=torch.float64))
 
 
 def test_first_order_meta_gradient_drops_exactly_the_inner_jacobian() -> None:
@@ -225,8 +246,8 @@ def test_first_order_meta_gradient_drops_exactly_the_inner_jacobian() -> None:
     out = learner(batch)
     torch.testing.assert_close(out.loss, torch.tensor([1.1881], dtype=torch.float64))
     out.loss.sum().backward()
-    torch.testing.assert_close(learner.backbone.head.weight.grad, torch.tensor([[6.54]], dtype=torch.float64))
-    torch.testing.assert_close(learner.backbone.head.bias.grad, torch.tensor([2.18], dtype=torch.float64))
+    torch.testing.assert_close(_head(learner).weight.grad, torch.tensor([[6.54]], dtype=torch.float64))
+    torch.testing.assert_close(_head(learner).bias.grad, torch.tensor([2.18], dtype=torch.float64))
 
 
 def test_meta_sgd_learns_one_step_size_per_parameter() -> None:
@@ -270,15 +291,21 @@ def test_written_out_inner_loop_equals_the_autograd_inner_loop(
     # second-order meta-gradient (float64, to rounding), with clipping active or not, and is the path taken.
     from mmlo.models.networks import MLP
 
-    calls = []
+    calls: list[int] = []
     backpropagate = MLP.backpropagate
-    monkeypatch.setattr(MLP, "backpropagate", lambda *a, **k: calls.append(1) or backpropagate(*a, **k))
+
+    def counted(*a: Any, **k: Any) -> tuple[Params, Params]:
+        calls.append(1)
+        return backpropagate(*a, **k)
+
+    monkeypatch.setattr(MLP, "backpropagate", counted)
     learner, batch = _tiny("regression", **overrides)
+    assert isinstance(learner, MAML)
     params = learner.params()
     written = learner.task_outputs(params, batch)
     assert len(calls) == learner.config.inner_steps
     written_before = learner.task_outputs(params, batch, training=False).metric_before
-    learner.written_out_inner_loop = False  # type: ignore[misc]
+    learner.written_out_inner_loop = False
     calls.clear()
     reference = learner.task_outputs(params, batch)
     assert not calls
@@ -286,7 +313,7 @@ def test_written_out_inner_loop_equals_the_autograd_inner_loop(
     reference_before = learner.task_outputs(params, batch, training=False).metric_before
     torch.testing.assert_close(written_before, reference_before, atol=1e-12, rtol=0)
     for g_written, g_reference in zip(
-        _meta_gradient(params, written.loss.sum()), _meta_gradient(params, reference.loss.sum())
+        _meta_gradient(params, written.loss.sum()), _meta_gradient(params, reference.loss.sum()), strict=True
     ):
         torch.testing.assert_close(g_written, g_reference, atol=1e-12, rtol=0)
 
@@ -312,7 +339,7 @@ def test_an_inactive_clip_is_left_out_without_changing_the_meta_gradient() -> No
     params = {k: v.detach() for k, v in learner.params().items()}
     plain = learner.task_outputs({k: v.requires_grad_() for k, v in params.items()}, batch).loss.sum()
     applied = torch.func.grad(lambda p: learner.task_outputs(p, batch).loss.sum())(params)
-    for (name, g_applied), g_plain in zip(applied.items(), _meta_gradient(params, plain)):
+    for (name, g_applied), g_plain in zip(applied.items(), _meta_gradient(params, plain), strict=True):
         torch.testing.assert_close(g_plain, g_applied, atol=1e-12, rtol=0, msg=name)
 
 
@@ -326,9 +353,9 @@ def test_an_inactive_clip_is_left_out_without_changing_the_meta_gradient() -> No
     ],
     ids=lambda v: str(v),
 )
-def test_second_order_meta_gradient_matches_finite_differences(kind: str, overrides: dict[str, object]) -> None:
+def test_second_order_meta_gradient_matches_finite_differences(kind: Kind, overrides: dict[str, object]) -> None:
     # The directional derivative of the query loss along random directions equals <meta-gradient, direction>.
-    learner, batch = _tiny(kind, seed=3, **overrides)
+    learner, batch = _tiny(kind, 3, **overrides)
     params = {k: v.detach() for k, v in learner.params().items()}
     gradient = _meta_gradient(
         params, learner.task_outputs({k: v.requires_grad_() for k, v in params.items()}, batch).loss.sum()
@@ -341,7 +368,7 @@ def test_second_order_meta_gradient_matches_finite_differences(kind: str, overri
             plus = learner.task_outputs({k: v + eps * direction[k] for k, v in params.items()}, batch, training=True)
             minus = learner.task_outputs({k: v - eps * direction[k] for k, v in params.items()}, batch, training=True)
         numeric = (plus.loss.sum() - minus.loss.sum()) / (2 * eps)
-        analytic = sum((g * direction[k]).sum() for g, k in zip(gradient, params))
+        analytic = sum((g * direction[k]).sum() for g, k in zip(gradient, params, strict=True))
         torch.testing.assert_close(numeric, analytic, rtol=1e-5, atol=1e-7)
 
 
@@ -466,7 +493,7 @@ def test_configurations_the_benchmark_cannot_run_are_refused() -> None:
     ],
     ids=lambda v: str(v),
 )
-def test_learners_compose_with_torch_func_transforms(kind: str, overrides: dict[str, object]) -> None:
+def test_learners_compose_with_torch_func_transforms(kind: Kind, overrides: dict[str, object]) -> None:
     # vmap(grad(loss of a one-task batch)) over tasks gives each task's own meta-gradient (transference's use).
     learner, batch = _tiny(kind, **overrides)
     theta = {k: v.detach() for k, v in learner.params().items()}
@@ -492,9 +519,11 @@ def test_query_embedding_modulates_the_query_pass_with_the_querys_own_upsilon() 
     backbone = {k.removeprefix("backbone."): v for k, v in params.items() if k.startswith("backbone.")}
     encoder = {k.removeprefix("encoder."): v for k, v in params.items() if k.startswith("encoder.")}
     generator = {k.removeprefix("modulation."): v for k, v in params.items() if k.startswith("modulation.")}
+    modulation, task_encoder = learner.modulation, learner.encoder
+    assert modulation is not None and task_encoder is not None
 
-    def taus(x: torch.Tensor, y: torch.Tensor) -> object:
-        return learner.modulation.generate(generator, learner.encoder.embed(encoder, x, y))  # type: ignore[union-attr]
+    def taus(x: torch.Tensor, y: torch.Tensor) -> list[LayerModulation | None]:
+        return modulation.generate(generator, task_encoder.embed(encoder, x, y))
 
     support = learner.backbone.run(backbone, batch.support_x, taus(batch.support_x, batch.support_y))
     query = learner.backbone.run(backbone, batch.query_x, taus(batch.query_x, batch.query_y))
@@ -509,5 +538,6 @@ def test_kml_init_option_builds_the_authors_generator() -> None:
     # LearnerConfig(kml_init='authors') builds KML heads at PyTorch's default, identity ones at M = 1
     benchmark = TinyBenchmark("classification")
     for init in ("identity", "authors"):
-        learner = build_learner(LearnerConfig(learner="kml", channels=[4, 4], kml_init=init), benchmark)  # type: ignore[arg-type]
-        assert learner.modulation is not None and learner.modulation.init == init  # type: ignore[attr-defined]
+        learner = build_learner(LearnerConfig(learner="kml", channels=[4, 4], kml_init=init), benchmark)
+        assert isinstance(learner, MetaLearner)
+        assert isinstance(learner.modulation, KernelModulation) and learner.modulation.init == init

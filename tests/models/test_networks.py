@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mmlo.models.base import Params
 from mmlo.models.modulation import LayerModulation
-from mmlo.models.networks import MLP, ConvNet, conv_output_size, grouped, task_conv2d, task_linear, ungrouped
+from mmlo.models.networks import (
+    MLP,
+    ConvBlock,
+    ConvNet,
+    LinearLayer,
+    conv_output_size,
+    grouped,
+    task_conv2d,
+    task_linear,
+    ungrouped,
+)
 
 
 def test_conv_output_sizes() -> None:
@@ -57,7 +69,7 @@ def test_transductive_batch_norm_normalises_each_task_on_its_own(strategy: str) 
     torch.manual_seed(1)
     net = ConvNet((3, 8, 8), [4], norm="transductive", downsample="stride").double()
     net.strategy = strategy
-    params = dict(net.named_parameters())
+    params: Params = dict(net.named_parameters())
     x = torch.rand(2, 5, 3, 8, 8, dtype=torch.float64)
     x[1] = x[1] * 10 + 3
     out = net.run(params, x).view(2, 5, 4, 4, 4)
@@ -73,7 +85,7 @@ def test_running_batch_norm_tracks_and_then_uses_running_statistics(strategy: st
     torch.manual_seed(2)
     net = ConvNet((3, 4, 4), [2], norm="running", downsample="stride").double()
     net.strategy = strategy
-    params = dict(net.named_parameters())
+    params: Params = dict(net.named_parameters())
     x = torch.rand(2, 3, 3, 4, 4, dtype=torch.float64)
     net.run(params, x, training=True, track=True)
     z = torch.stack(
@@ -81,7 +93,7 @@ def test_running_batch_norm_tracks_and_then_uses_running_statistics(strategy: st
     )
     task_means = z.mean(dim=(1, 3, 4))
     task_vars = z.var(dim=(1, 3, 4), unbiased=True)
-    block = net.blocks[0]
+    block = cast(ConvBlock, net.blocks[0])
     torch.testing.assert_close(block.running_mean, 0.1 * task_means.mean(0))
     torch.testing.assert_close(block.running_var, 0.9 + 0.1 * task_vars.mean(0))
     out = net.run(params, x, training=False).view(2, 3, 2, 2, 2)
@@ -96,7 +108,7 @@ def test_stacked_networks_route_running_statistics_per_copy(strategy: str) -> No
     net.strategy = strategy
     params = {k: v[torch.tensor([2, 2])] for k, v in net.named_parameters()}
     net.run(params, torch.rand(2, 3, 3, 4, 4, dtype=torch.float64), route=torch.tensor([2, 2]), track=True)
-    block = net.blocks[0]
+    block = cast(ConvBlock, net.blocks[0])
     assert torch.equal(block.running_mean[:2], torch.zeros(2, 2, dtype=torch.float64))
     assert not torch.equal(block.running_mean[2], torch.zeros(2, dtype=torch.float64))
 
@@ -120,9 +132,10 @@ def test_mlp_starts_like_the_authors_regression_network() -> None:
     # MMAML-Regression's initialisation: weights N(0, 0.01²), zero biases, zero bias transformation.
     torch.manual_seed(4)
     net = MLP(1, [100, 100], 1, bias_transformation=20, copies=2)
-    weights = torch.cat([net.layers[1].weight.flatten(), net.layers[0].weight.flatten()])
+    layers = [cast(LinearLayer, layer) for layer in net.layers]
+    weights = torch.cat([layers[1].weight.flatten(), layers[0].weight.flatten()])
     assert abs(weights.std().item() - 0.01) < 0.0005
-    assert not net.layers[0].bias.any() and not net.head.bias.any() and not net.bias_transformation.any()
+    assert not layers[0].bias.any() and not net.head.bias.any() and not net.bias_transformation.any()
 
 
 def test_factored_linear_layer_equals_the_dense_update() -> None:
@@ -168,7 +181,7 @@ def test_global_average_pool_is_the_mean_of_the_flattened_map(strategy: str) -> 
     flat = ConvNet((3, 8, 8), [4, 6], downsample="stride").double()
     mean = ConvNet((3, 8, 8), [4, 6], downsample="stride", pool="mean").double()
     flat.strategy = mean.strategy = strategy
-    params = dict(flat.named_parameters())
+    params: Params = dict(flat.named_parameters())
     x = torch.rand(3, 2, 3, 8, 8, dtype=torch.float64)
     expected = flat.run(params, x).view(3, 2, 6, 2, 2).mean(dim=(3, 4))
     torch.testing.assert_close(mean.run(params, x), expected)
@@ -183,7 +196,7 @@ def test_batch_norm_without_affine_has_no_scale_or_shift(strategy: str) -> None:
     plain.strategy = affine.strategy = strategy
     assert set(dict(plain.named_parameters())) == {"blocks.0.weight", "blocks.0.bias"}
     assert {"blocks.0.bn_weight", "blocks.0.bn_bias"} <= set(dict(affine.named_parameters()))
-    params = dict(plain.named_parameters())
+    params: Params = dict(plain.named_parameters())
     x = torch.rand(2, 3, 3, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(plain.run(params, x), affine.run({**dict(affine.named_parameters()), **params}, x))
 
@@ -193,17 +206,19 @@ def test_xavier_init_draws_weights_within_the_glorot_bound_and_zero_biases() -> 
     # Block 2 (64 -> 128): bound √(6 / (576 + 1152)) = 0.0589; head 256 -> 5: √(6 / 261) = 0.1516.
     torch.manual_seed(7)
     net = ConvNet((3, 84, 84), [32, 64, 128, 256], downsample="stride", pool="mean", init="xavier", outputs=5, copies=2)
-    for block, (c_in, c_out) in zip(net.blocks, [(3, 32), (32, 64), (64, 128), (128, 256)]):
+    blocks = [cast(ConvBlock, block) for block in net.blocks]
+    for block, (c_in, c_out) in zip(blocks, [(3, 32), (32, 64), (64, 128), (128, 256)], strict=True):
         bound = math.sqrt(6 / (9 * c_in + 9 * c_out))
         assert block.weight.abs().max() <= bound and block.weight.abs().max() > 0.95 * bound
         assert not block.bias.any()
     assert math.isclose(math.sqrt(6 / (576 + 1152)), 0.0589, abs_tol=1e-4)
     head_bound = math.sqrt(6 / 261)
+    assert net.head is not None
     assert net.head.weight.abs().max() <= head_bound and net.head.weight.abs().max() > 0.9 * head_bound
     assert not net.head.bias.any()
-    assert not torch.equal(net.blocks[1].weight[0], net.blocks[1].weight[1])  # each copy its own draw
+    assert not torch.equal(blocks[1].weight[0], blocks[1].weight[1])  # each copy its own draw
     default = ConvNet((3, 84, 84), [32, 64, 128, 256], downsample="stride")
-    assert default.blocks[1].bias.any()  # PyTorch's default init keeps random biases
+    assert cast(ConvBlock, default.blocks[1]).bias.any()  # PyTorch's default init keeps random biases
 
 
 def test_unknown_architecture_options_are_refused() -> None:

@@ -58,7 +58,8 @@ def test_the_textbook_loop_computes_what_the_learner_computes(name: str) -> None
     torch.testing.assert_close(ours.metric, theirs.metric.double(), atol=1e-6, rtol=0)
     names = list(params)
     for a, b in zip(torch.autograd.grad(ours.loss.sum(), [params[n] for n in names], allow_unused=True),
-                    torch.autograd.grad(theirs.loss.sum(), [params[n] for n in names], allow_unused=True)):
+                    torch.autograd.grad(theirs.loss.sum(), [params[n] for n in names], allow_unused=True),
+                    strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
