@@ -12,11 +12,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from mmlo.models._meta_learner import MetaLearner
 from mmlo.models.config import LearnerConfig, TrainConfig
 from mmlo.models.encoders import LSTMEncoder, SetEncoder, build_encoder
 from mmlo.models.learners import build_learner
+from mmlo.models.networks import MLP, LinearLayer
 from mmlo.models.training import clip_per_component
-from mmlo.tasks.base import Benchmark, Split, TaskBatch
+from mmlo.tasks.base import Benchmark, Kind, Split, TaskBatch
 
 F64 = torch.float64
 
@@ -25,14 +27,20 @@ class _Regression(Benchmark):
     """Only the shape of a 1-d, two-mode regression benchmark (the tests build their own batches)."""
 
     name, modes, input_shape, output_dim = "shape-only", ("a", "b"), (1,), 1
-    kind = "regression"  # type: ignore[assignment]
+    kind: Kind = "regression"
     ways, shots, query = 1, 2, 1
 
     def tasks(self, split: Split, modes: Sequence[int], seeds: Sequence[int]) -> TaskBatch:
         raise NotImplementedError
 
 
-def _linear_maml(**overrides: object) -> tuple[torch.nn.Module, TaskBatch]:
+def _head(learner: MetaLearner) -> LinearLayer:
+    """The regression MLP's output layer."""
+    assert isinstance(learner.backbone, MLP) and isinstance(learner.backbone.head, LinearLayer)
+    return learner.backbone.head
+
+
+def _linear_maml(**overrides: object) -> tuple[MetaLearner, TaskBatch]:
     """MAML on y = w x + b with w = 0.5, b = 0.1, α = 0.1, one inner step.
 
     One task: support x = (1, 2), y = (1, 3); query x = 3, y = 2. Support residuals (-0.4, -1.9), so the
@@ -40,10 +48,11 @@ def _linear_maml(**overrides: object) -> tuple[torch.nn.Module, TaskBatch]:
     """
     settings: dict[str, object] = dict(learner="maml", hidden=[], bias_transformation=0, inner_steps=1, inner_lr=0.1)
     settings.update(overrides)
-    learner = build_learner(LearnerConfig(**settings), _Regression()).double()  # type: ignore[arg-type]
+    learner = build_learner(LearnerConfig.model_validate(settings), _Regression()).double()
+    assert isinstance(learner, MetaLearner)
     with torch.no_grad():
-        learner.backbone.head.weight.fill_(0.5)
-        learner.backbone.head.bias.fill_(0.1)
+        _head(learner).weight.fill_(0.5)
+        _head(learner).bias.fill_(0.1)
     batch = TaskBatch(
         support_x=torch.tensor([[[1.0], [2.0]]], dtype=F64),
         support_y=torch.tensor([[[1.0], [3.0]]], dtype=F64),
@@ -72,16 +81,18 @@ def test_a_clamped_element_passes_no_second_order_gradient() -> None:
     # ∂L/∂w = 4.38 - 1.46·0.3 = 3.942, ∂L/∂b = 1.46·0.8 = 1.168.
     learner, batch = _linear_maml(inner_grad_clamp=3.0)
     learner(batch).loss.sum().backward()
-    torch.testing.assert_close(learner.backbone.head.weight.grad, torch.tensor([[3.942]], dtype=F64))
-    torch.testing.assert_close(learner.backbone.head.bias.grad, torch.tensor([1.168], dtype=F64))
+    torch.testing.assert_close(_head(learner).weight.grad, torch.tensor([[3.942]], dtype=F64))
+    torch.testing.assert_close(_head(learner).bias.grad, torch.tensor([1.168], dtype=F64))
 
 
 def test_inner_clamp_on_the_mlp_equals_the_unclamped_loop_when_inactive() -> None:
     # With a clamp no gradient reaches, the dense (clamped) inner loop gives the factored loop's numbers.
     def run(**extra: object) -> torch.Tensor:
         torch.manual_seed(0)
-        cfg = LearnerConfig(learner="mmaml", hidden=[8, 8], bias_transformation=3, embedding_dim=6, inner_lr=0.1,
-                            inner_steps=2, **extra)  # type: ignore[arg-type]
+        cfg = LearnerConfig.model_validate(
+            dict(learner="mmaml", hidden=[8, 8], bias_transformation=3, embedding_dim=6, inner_lr=0.1, inner_steps=2)
+            | extra
+        )
         learner = build_learner(cfg, _Regression()).double()
         g = torch.Generator().manual_seed(3)
         x = torch.rand(4, 7, 1, generator=g, dtype=F64) * 10 - 5

@@ -70,8 +70,8 @@ def test_paper_regression_is_the_authors_protocol(modes: int) -> None:
     for name, arm in arms.items():
         learner = study.learner_config(arm)
         train = study.train_config(arm, seed=0)
-        for key, value in {**TRAIN, "meta_batch": META_BATCH[modes]}.items():
-            assert getattr(train, key) == value, (modes, name, key)
+        for key, setting in {**TRAIN, "meta_batch": META_BATCH[modes]}.items():
+            assert getattr(train, key) == setting, (modes, name, key)
         expected = dict(COMMON)
         if name in ("MAML", "Multi-MAML"):
             expected.update(BASELINE)
