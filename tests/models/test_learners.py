@@ -11,6 +11,7 @@ import torch
 from mmlo.models._meta_learner import sub_params
 from mmlo.models.base import Learner, Params
 from mmlo.models.config import LearnerConfig
+from mmlo.models.encoders import ConvEncoder
 from mmlo.models.learners import MAML, build_learner, reference_loop_outputs
 from mmlo.tasks.base import Benchmark, Split, TaskBatch
 
@@ -120,6 +121,8 @@ def test_vectorised_equals_reference_loop(kind: str, overrides: dict[str, object
     # in training and in evaluation (where metric_before is computed), with either conv strategy.
     learner, batch = _tiny(kind, **overrides)
     learner.backbone.strategy = strategy  # type: ignore[assignment]
+    if isinstance(learner.encoder, ConvEncoder):
+        learner.encoder.strategy = strategy
     params = learner.params()
     batched = learner.task_outputs(params, batch)
     looped = reference_loop_outputs(learner, params, batch)
@@ -159,6 +162,8 @@ def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
             monkeypatch.setattr(learner, "per_task_fast_weights", fast_weight_lists)
         learner.load_state_dict(state)
         learner.backbone.strategy = strategy  # type: ignore[assignment]
+        if isinstance(learner.encoder, ConvEncoder):  # the image task encoder follows the same strategy
+            learner.encoder.strategy = strategy
         learner.backbone.channels_last = True  # type: ignore[assignment]
         out = learner.task_outputs(params, batch)
         buffers = {k: v.clone() for k, v in learner.named_buffers()}
