@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ from mmlo.models.base import Params, TaskOutput
 from mmlo.models.config import LearnerConfig
 from mmlo.models.encoders import TaskEncoder
 from mmlo.models.modulation import Modulation
-from mmlo.models.networks import MLP, Backbone, FactoredBackbone
+from mmlo.models.networks import MLP, Backbone, ConvNet, FactoredBackbone
 from mmlo.tasks.base import TaskBatch
 
 
@@ -63,6 +64,9 @@ class MAML(MetaLearner):
     #: Take the regression MLP's inner gradients from its written-out backward pass where it applies
     #: (False forces the autograd path everywhere; tests compare the two).
     written_out_inner_loop: bool = True
+    #: Hold the fast weights as per-task lists on a conv backbone's per-task path where it applies (False keeps
+    #: the ``[T, ...]`` tensors there; tests compare the two).
+    per_task_fast_weights: bool = True
 
     def __init__(
         self,
@@ -134,12 +138,17 @@ class MAML(MetaLearner):
         dense = {k: v if route is not None else v.expand(tasks, *v.shape) for k, v in theta.items() if k not in base}
         if not isinstance(steps, dict) and self._written_out(theta, factored):
             return self._adapt_written_out(base, dense, steps, taus, batch, route, training=training)
+        listed = self._per_task_lists(theta, steps, taus, batch, route)
+        if listed:
+            # One tensor per task and parameter (key ``name<TAB>t``; a distinct view of the shared θ each), so
+            # the inner gradients come per task, never unbound from or stacked into ``[T, ...]`` copies.
+            dense = {f"{k}{_TASK}{t}": v.view_as(v) for k, v in theta.items() for t in range(tasks)}
 
         def support_loss(weights: Params, probes: Params, fixed: Params) -> tuple[torch.Tensor, Params]:
             inputs: Params = {}
             probed = {f"{p}.probe": v for p, v in probes.items()}
             out = self._support_pass(
-                {**fixed, **weights, **probed},
+                {**fixed, **(_gathered(weights) if listed else weights), **probed},
                 batch.support_x,
                 taus,
                 route=route,
@@ -155,7 +164,28 @@ class MAML(MetaLearner):
             loss = functools.partial(support_loss, fixed={**base, **factors})
             grads, deltas, inputs = _inner_gradients(loss, dense, probes, create_graph=not cfg.first_order)
             dense, factors = self._step(dense, factors, grads, deltas, inputs, steps)
-        return {**base, **factors, **dense}
+        return {**base, **factors, **(_gathered(dense) if listed else dense)}
+
+    def _per_task_lists(
+        self,
+        theta: Params,
+        steps: dict[str, torch.Tensor] | float,
+        taus: Taus,
+        batch: TaskBatch,
+        route: torch.Tensor | None,
+    ) -> bool:
+        """Whether the inner loop holds the fast weights as per-task lists: a conv backbone that runs task by
+        task (CPU), shared θ, a scalar α, no global-norm clip (it needs each task's whole gradient) and τ
+        without kernel or bias terms (FiLM's scale and shift read per task as they are)."""
+        if not self.per_task_fast_weights or not isinstance(self.backbone, ConvNet):
+            return False
+        if not self.backbone._per_task(batch.support_x):
+            return False
+        if route is not None or isinstance(steps, dict) or self.config.inner_grad_clip is not None:
+            return False
+        if any(tau is not None and (tau.kernel is not None or tau.bias is not None) for tau in taus or ()):
+            return False
+        return not any(is_functorch_wrapped(t) for t in theta.values())
 
     def _step(
         self,
@@ -257,6 +287,19 @@ class MAML(MetaLearner):
             deltas, grads = mlp.backpropagate(current, inputs, delta, taus)
             dense, factors = self._step(dense, factors, grads, deltas, inputs, step)
         return {**base, **factors, **dense}
+
+
+#: Separates a parameter's name from the task index in the per-task-list keys of ``MAML._adapt``.
+_TASK = "\t"
+
+
+def _gathered(flat: Params) -> Params:
+    """Per-task-list keys (``name<TAB>t``, tasks in order) -> ``name`` -> the list of per-task tensors, which
+    :meth:`ConvNet.run` reads on its per-task path."""
+    lists: dict[str, list[torch.Tensor]] = {}
+    for key, value in flat.items():
+        lists.setdefault(key.split(_TASK)[0], []).append(value)
+    return cast(Params, lists)
 
 
 def _inner_gradients(

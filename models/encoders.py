@@ -17,8 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlo.models._torch_private import is_functorch_wrapped
 from mmlo.models.base import Params
-from mmlo.models.networks import ConvBlock, LinearLayer, conv_block, grouped, task_linear
+from mmlo.models.networks import (
+    ConvBlock,
+    LinearLayer,
+    _PerTaskNorm,
+    conv_block,
+    conv_strategy,
+    grouped,
+    task_linear,
+)
 
 
 class TaskEncoder(nn.Module, ABC):
@@ -42,6 +51,9 @@ class TaskEncoder(nn.Module, ABC):
 class ConvEncoder(TaskEncoder):
     """The image task encoder; it sees the support images only (not their labels)."""
 
+    #: 'auto' (:func:`conv_strategy` of the input's device), 'per-task' or 'grouped'; tests compare them.
+    strategy: str = "auto"
+
     def __init__(
         self, in_channels: int, channels: Sequence[int], embedding_dim: int, *, norm: str = "transductive"
     ) -> None:
@@ -60,6 +72,9 @@ class ConvEncoder(TaskEncoder):
         training: bool = True,
         track: bool = False,
     ) -> torch.Tensor:
+        strategy = conv_strategy(support_x.device) if self.strategy == "auto" else self.strategy
+        if strategy == "per-task" and not is_functorch_wrapped(support_x):
+            return self._embed_per_task(params, support_x, training=training, track=track)
         tasks, batch = support_x.shape[:2]
         h = grouped(support_x)
         for i, block in enumerate(cast("Sequence[ConvBlock]", self.blocks)):
@@ -78,6 +93,23 @@ class ConvEncoder(TaskEncoder):
             )
         pooled = h.mean(dim=(2, 3)).reshape(batch, tasks, -1).transpose(0, 1)
         per_image = F.relu(task_linear(pooled, params["project.weight"], params["project.bias"]))
+        return per_image.mean(dim=1)
+
+    def _embed_per_task(self, params: Params, support_x: torch.Tensor, *, training: bool, track: bool) -> torch.Tensor:
+        """``embed`` task by task (CPU, as :meth:`ConvNet.run` there): one ordinary convolution and BatchNorm per
+        task and layer with the shared weights, the same numbers as the grouped layout."""
+        tasks = support_x.shape[0]
+        hs = list(support_x.unbind(0))
+        for i, block in enumerate(cast("Sequence[ConvBlock]", self.blocks)):
+            prefix = f"blocks.{i}."
+            weight, bias = params[f"{prefix}weight"], params[f"{prefix}bias"]
+            norm = _PerTaskNorm(block, params, prefix, tasks, route=None, training=training)
+            for t in range(tasks):
+                h = F.conv2d(hs[t], weight, bias, stride=2, padding=weight.shape[-1] // 2)
+                hs[t] = F.relu(norm(t, h, track=track))
+            norm.finish()
+        pooled = torch.stack([h.mean(dim=(2, 3)) for h in hs])
+        per_image = F.relu(F.linear(pooled, params["project.weight"], params["project.bias"]))
         return per_image.mean(dim=1)
 
 

@@ -538,7 +538,11 @@ class ConvNet(Backbone):
             features = self._run_grouped(params, x, taus, route=route, training=training, track=track)
         if self.head is None:
             return features
-        return task_linear(features, params["head.weight"], params["head.bias"])
+        head_weight, head_bias = params["head.weight"], params["head.bias"]
+        if isinstance(head_weight, list):  # per-task lists (MAML's fast weights on the per-task path)
+            heads = zip(head_weight, _each_task(head_bias, 1, len(head_weight)), strict=True)
+            return torch.stack([F.linear(f, w, b) for f, (w, b) in zip(features.unbind(0), heads, strict=True)])
+        return task_linear(features, head_weight, head_bias)
 
     def _per_task(self, x: torch.Tensor) -> bool:
         """Whether this call runs task by task (see :func:`conv_strategy`): never inside a caller's torch.func
@@ -627,8 +631,11 @@ class ConvNet(Backbone):
 CHANNELS_LAST_BATCH = 16
 
 
-def _each_task(param: torch.Tensor, dims: int, tasks: int) -> Sequence[torch.Tensor]:
-    """``param`` for each task: views of a per-task tensor (``dims + 1`` dimensions), else the shared one."""
+def _each_task(param: torch.Tensor | list[torch.Tensor], dims: int, tasks: int) -> Sequence[torch.Tensor]:
+    """``param`` for each task: a per-task list as it is (see :meth:`ConvNet.run`), views of a per-task tensor
+    (``dims + 1`` dimensions), else the shared one."""
+    if isinstance(param, list):
+        return param
     return param.unbind(0) if param.dim() == dims + 1 else [param] * tasks
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmlo.models.base import Params
 from mmlo.models.encoders import ConvEncoder, LSTMEncoder, SetEncoder, build_encoder
 
 
@@ -34,6 +35,37 @@ def test_conv_encoder_is_a_mean_over_support_images_per_task() -> None:
     other[2] = torch.rand(4, 3, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(_embed(encoder, other, labels)[:2], upsilon[:2])
     torch.testing.assert_close(_embed(encoder, x[1:2], labels[1:2]), upsilon[1:2])
+
+
+@pytest.mark.parametrize("norm", ["transductive", "running", "none"])
+def test_conv_encoder_strategies_give_the_same_embedding_gradients_and_running_statistics(norm: str) -> None:
+    # Task by task (CPU) and the grouped layout (accelerators): the same υ, gradients and running BN statistics,
+    # to float64 rounding, in training (tracking) and in evaluation.
+    torch.manual_seed(2)
+    encoder = ConvEncoder(3, [4, 8], 6, norm=norm).double()
+    x = torch.rand(3, 4, 3, 8, 8, dtype=torch.float64)
+    labels = torch.zeros(3, 4, dtype=torch.long)
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    results = []
+    for strategy in ("grouped", "per-task"):
+        encoder.load_state_dict(state)
+        encoder.strategy = strategy
+        params: Params = dict(encoder.named_parameters())
+        upsilon = encoder.embed(params, x, labels, track=True)
+        weights = torch.linspace(-1, 1, upsilon.numel(), dtype=torch.float64).view_as(upsilon)
+        grads = torch.autograd.grad((upsilon * weights).sum(), list(params.values()))
+        evaluated = encoder.embed(params, x, labels, training=False)
+        results.append((upsilon, grads, {k: v.clone() for k, v in encoder.named_buffers()}, evaluated))
+    (u_a, g_a, b_a, e_a), (u_b, g_b, b_b, e_b) = results
+    torch.testing.assert_close(u_a, u_b, atol=1e-12, rtol=0)
+    torch.testing.assert_close(e_a, e_b, atol=1e-12, rtol=0)
+    for a, b in zip(g_a, g_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert b_a.keys() == b_b.keys()
+    for k in b_a:
+        torch.testing.assert_close(b_a[k], b_b[k], atol=1e-12, rtol=0)
+    if norm == "running":
+        assert not torch.equal(b_a["blocks.0.running_mean"], state["blocks.0.running_mean"])  # tracking moved them
 
 
 def test_set_encoder_mean_pools_over_pairs() -> None:

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from mmlo.models._meta_learner import MetaLearner
+from mmlo.models._meta_learner import MetaLearner, sub_params
 from mmlo.models.base import Params
 from mmlo.models.config import LearnerConfig
+from mmlo.models.encoders import ConvEncoder
 from mmlo.models.learners import MAML, build_learner, reference_loop_outputs
 from mmlo.models.modulation import KernelModulation, LayerModulation
 from mmlo.models.networks import MLP, ConvNet, LinearLayer
@@ -111,6 +112,7 @@ EVERY_LEARNER: list[tuple[Kind, dict[str, object]]] = [
     ("classification", dict(learner="kml", downsample="stride", pool="mean", bn_affine=False, init="xavier")),
     ("classification", dict(learner="multi_maml", norm="running", pool="mean", bn_affine=False)),
     ("classification", dict(learner="kml", base="maml", norm="running", inner_grad_clip=0.1)),
+    ("classification", dict(learner="mmaml", norm="running", inner_grad_clamp=0.5)),  # per-task fast weights
 ]
 
 #: The conv backbone's execution strategies (``ConvNet.strategy``): each must give the same numbers.
@@ -130,6 +132,8 @@ def test_vectorised_equals_reference_loop(kind: Kind, overrides: dict[str, objec
         learner.backbone.strategy = strategy
     else:
         assert strategy == "auto"  # only the conv backbone has strategies
+    if isinstance(learner.encoder, ConvEncoder):
+        learner.encoder.strategy = strategy
     params = learner.params()
     batched = learner.task_outputs(params, batch)
     looped = reference_loop_outputs(learner, params, batch)
@@ -152,7 +156,8 @@ def test_vectorised_equals_reference_loop(kind: Kind, overrides: dict[str, objec
 def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
     kind: Kind, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Per-task convolutions (CPU; plain or channels-last layout) and the grouped layout (accelerators) give the same
+    # Per-task convolutions (CPU; plain or channels-last layout; MAML's fast weights as per-task lists or as
+    # [T, ...] tensors) and the grouped layout (accelerators) give the same
     # losses, meta-gradient and running BatchNorm statistics, to float64 rounding: which one runs never moves a
     # study's results.
     from mmlo.models import networks
@@ -163,10 +168,15 @@ def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
     params = learner.params()
     state = {k: v.clone() for k, v in learner.state_dict().items()}
     results = []
-    for strategy, channels_last_from in (("grouped", 10**9), ("per-task", 10**9), ("per-task", 1)):
+    variants = (("grouped", 10**9, True), ("per-task", 10**9, True), ("per-task", 1, True), ("per-task", 10**9, False))
+    for strategy, channels_last_from, fast_weight_lists in variants:
         monkeypatch.setattr(networks, "CHANNELS_LAST_BATCH", channels_last_from)
+        if isinstance(learner, MAML):  # MAML's fast weights as per-task lists, or as [T, ...] tensors
+            monkeypatch.setattr(learner, "per_task_fast_weights", fast_weight_lists)
         learner.load_state_dict(state)
         backbone.strategy = strategy
+        if isinstance(learner.encoder, ConvEncoder):  # the image task encoder follows the same strategy
+            learner.encoder.strategy = strategy
         backbone.channels_last = True
         out = learner.task_outputs(params, batch)
         buffers = {k: v.clone() for k, v in learner.named_buffers()}
@@ -178,6 +188,36 @@ def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
             torch.testing.assert_close(g_a, g_b, atol=1e-12, rtol=1e-10)
         for k in buffers_a:
             torch.testing.assert_close(buffers_a[k], buffers_b[k], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (dict(learner="maml"), True),
+        (dict(learner="mmaml"), True),  # FiLM: scale and shift only
+        (dict(learner="mmaml", downsample="stride", pool="mean", bn_affine=False, init="xavier"), True),
+        (dict(learner="multi_maml"), False),  # routed θ: one network per mode
+        (dict(learner="multi_maml", learn_inner_lr=True), False),
+        (dict(learner="mmaml", modulation="softmax", inner_grad_clip=0.1), False),  # the clip needs whole gradients
+        (dict(learner="kml", base="maml"), False),  # a kernel factor per task
+    ],
+    ids=str,
+)
+def test_maml_holds_per_task_fast_weights_where_it_applies(overrides: dict[str, object], expected: bool) -> None:
+    # The per-task-list path is really taken for plain MAML and FiLM-MMAML on the per-task conv path (the
+    # strategy tests above then compare it with the [T, ...] path), and only there.
+    learner, batch = _tiny("classification", **overrides)
+    assert isinstance(learner, MAML)
+    params = learner.params()
+    taus = learner._taus(params, batch.support_x, batch.support_y, training=True)
+    theta, route = learner._route(sub_params(params, "backbone."), batch)
+    steps = learner._step_sizes(params, batch)
+    for strategy, on in (("per-task", expected), ("grouped", False)):
+        learner.backbone.strategy = strategy  # type: ignore[assignment]
+        assert learner._per_task_lists(theta, steps, taus, batch, route) is on
+    learner.backbone.strategy = "per-task"  # type: ignore[assignment]
+    learner.per_task_fast_weights = False
+    assert learner._per_task_lists(theta, steps, taus, batch, route) is False
 
 
 def test_the_conv_strategy_follows_the_device() -> None:
