@@ -1,5 +1,10 @@
-"""Session-wide test settings (one CPU thread for torch, Ray's CI settings, an isolated data cache) and the
-session's shared resources: a moto S3 server and one finished smoke study."""
+"""Session-wide test settings (one CPU thread for torch, Ray's CI settings, an isolated data cache), the
+session's shared resources (a moto S3 server and one finished smoke study), and the no-skip rule of `make test`.
+
+A test skips only where a resource it needs is missing, and its reason names that resource (and how to get
+it). CI (`.ci/run`: `make test`, which installs every resource first, as root) sets ``MMLO_NO_SKIPS=1``: there
+a skip means the set-up failed, so the session fails and lists each skip, instead of passing with part of the
+suite left out."""
 
 from __future__ import annotations
 
@@ -27,6 +32,30 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Set by CI (.ci/run): any skip fails the session.
+NO_SKIPS = os.environ.get("MMLO_NO_SKIPS") == "1"
+_skipped: list[str] = []
+
+
+def _note_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _note_skip(report)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped:
+        lines = "\n  ".join(_skipped)
+        print(f"\nmmlo: make test installed every resource, yet {len(_skipped)} test(s) skipped:\n  {lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 #: The longest the shared smoke study may take.
 SMOKE_TIMEOUT_S = 900
 

@@ -33,7 +33,7 @@ from mmlo.orchestrator.lease import LEASE_FILE
 pytestmark = pytest.mark.slow
 
 if os.geteuid() != 0:
-    pytest.skip("the full-disk fault mounts a small tmpfs, which needs root", allow_module_level=True)
+    pytest.skip("needs root: the full-disk fault mounts a small tmpfs (run as root)", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "studies" / "smoke.yaml"
@@ -104,8 +104,11 @@ def faults_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     root = tmp_path_factory.mktemp("faults")
     out = root / "out"
     out.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(out)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(out)], capture_output=True, text=True, check=False
+    )
+    if mount.returncode:  # root, but no CAP_SYS_ADMIN (an unprivileged container)
+        pytest.skip(f"needs a small tmpfs; mount refused it: {mount.stderr.strip()} (run as root with CAP_SYS_ADMIN)")
     driver: subprocess.Popen[str] | None = None
     try:
         file = fault_study(root)
