@@ -28,6 +28,7 @@ backward graph per step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import cast
@@ -131,18 +132,33 @@ class MAML(MetaLearner):
         the shared weight and bias (``base``). Returns the adapted parameters as the backbone reads them:
         the per-task tensors, plus ``base`` and the ``.left``/``.right`` low-rank factors.
         """
-        cfg = self.config
-        tasks, n_support = batch.num_tasks, batch.support_x.shape[1]
+        tasks = batch.num_tasks
         factored = self._factored_layers(steps, taus)
         base = {f"{p}.{part}": theta[f"{p}.{part}"] for p in factored for part in ("weight", "bias")}
         dense = {k: v if route is not None else v.expand(tasks, *v.shape) for k, v in theta.items() if k not in base}
         if not isinstance(steps, dict) and self._written_out(theta, factored):
             return self._adapt_written_out(base, dense, steps, taus, batch, route, training=training)
-        listed = self._per_task_lists(theta, steps, taus, batch, route)
-        if listed:
-            # One tensor per task and parameter (key ``name<TAB>t``; a distinct view of the shared θ each), so
-            # the inner gradients come per task, never unbound from or stacked into ``[T, ...]`` copies.
-            dense = {f"{k}{_TASK}{t}": v.view_as(v) for k, v in theta.items() for t in range(tasks)}
+        if self._per_task_lists(theta, steps, taus, batch, route):
+            return self._adapt_task_major(theta, steps, taus, batch, training=training)
+        dense, factors = self._inner_loop(dense, base, factored, steps, taus, batch, route, training=training)
+        return {**base, **factors, **dense}
+
+    def _inner_loop(
+        self,
+        dense: Params,
+        base: Params,
+        factored: dict[str, int],
+        steps: dict[str, torch.Tensor] | float,
+        taus: Taus,
+        batch: TaskBatch,
+        route: torch.Tensor | None,
+        *,
+        training: bool,
+        listed: bool = False,
+    ) -> tuple[Params, Params]:
+        """``inner_steps`` steps of every task in ``batch`` together: the adapted ``dense`` weights (per-task
+        tensors, or with ``listed`` per-task-list keys) and the low-rank ``factors`` of the factored layers."""
+        tasks, n_support = batch.num_tasks, batch.support_x.shape[1]
 
         def support_loss(weights: Params, probes: Params, fixed: Params) -> tuple[torch.Tensor, Params]:
             inputs: Params = {}
@@ -158,13 +174,34 @@ class MAML(MetaLearner):
             return self._loss_and_metric(out, batch.support_y)[0].sum(), inputs
 
         factors: Params = {}
-        for _ in range(cfg.inner_steps):
+        for _ in range(self.config.inner_steps):
             # A factored layer's δ is the gradient of a zero probe added to its output.
             probes = {p: batch.support_x.new_zeros(tasks, n_support, width) for p, width in factored.items()}
             loss = functools.partial(support_loss, fixed={**base, **factors})
-            grads, deltas, inputs = _inner_gradients(loss, dense, probes, create_graph=not cfg.first_order)
+            grads, deltas, inputs = _inner_gradients(loss, dense, probes, create_graph=not self.config.first_order)
             dense, factors = self._step(dense, factors, grads, deltas, inputs, steps)
-        return {**base, **factors, **(_gathered(dense) if listed else dense)}
+        return dense, factors
+
+    def _adapt_task_major(
+        self, theta: Params, steps: dict[str, torch.Tensor] | float, taus: Taus, batch: TaskBatch, *, training: bool
+    ) -> Params:
+        """``_adapt`` on a conv backbone's per-task path (see :meth:`_per_task_lists`): the fast weights as
+        per-task lists, and the tasks adapted one after another, each through all its steps.
+
+        Each task's weights are a distinct view of the shared θ (key ``name<TAB>t``), so the inner gradients
+        come per task, never unbound from or stacked into ``[T, ...]`` copies; the kernels are in the memory
+        format the backbone runs them in, so the fast weights are born in it. Task-major order keeps one
+        task's weights and activations in cache through its steps (step-major order, all tasks per step,
+        measured ~5 % slower per meta-iteration at 28 px on CPU). The numbers are the same either way.
+        """
+        laid = cast(ConvNet, self.backbone).laid_out(theta)
+        adapted: Params = {}
+        for t in range(batch.num_tasks):
+            dense = {f"{k}{_TASK}0": v.view_as(v) for k, v in laid.items()}
+            one, tau = batch.select(slice(t, t + 1)), _task_taus(taus, t)
+            dense, _ = self._inner_loop(dense, {}, {}, steps, tau, one, None, training=training, listed=True)
+            adapted.update({f"{k}{_TASK}{t}": dense[f"{k}{_TASK}0"] for k in laid})
+        return _gathered(adapted)
 
     def _per_task_lists(
         self,
@@ -291,6 +328,20 @@ class MAML(MetaLearner):
 
 #: Separates a parameter's name from the task index in the per-task-list keys of ``MAML._adapt``.
 _TASK = "\t"
+
+
+def _task_taus(taus: Taus, t: int) -> Taus:
+    """τ of task ``t`` alone (every field sliced to ``[1, ...]``)."""
+    if taus is None:
+        return None
+    return [
+        None
+        if tau is None
+        else dataclasses.replace(
+            tau, **{f.name: v[t : t + 1] for f in dataclasses.fields(tau) if (v := getattr(tau, f.name)) is not None}
+        )
+        for tau in taus
+    ]
 
 
 def _gathered(flat: Params) -> Params:

@@ -9,6 +9,7 @@ batched over tasks like the backbones.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import cast
@@ -25,7 +26,9 @@ from mmlo.models.networks import (
     _PerTaskNorm,
     conv_block,
     conv_strategy,
+    global_average,
     grouped,
+    per_task_block,
     task_linear,
 )
 
@@ -53,6 +56,8 @@ class ConvEncoder(TaskEncoder):
 
     #: 'auto' (:func:`conv_strategy` of the input's device), 'per-task' or 'grouped'; tests compare them.
     strategy: str = "auto"
+    #: Whether the per-task path runs channels-last, as :attr:`ConvNet.channels_last`.
+    channels_last: bool = True
 
     def __init__(
         self, in_channels: int, channels: Sequence[int], embedding_dim: int, *, norm: str = "transductive"
@@ -102,13 +107,24 @@ class ConvEncoder(TaskEncoder):
         hs = list(support_x.unbind(0))
         for i, block in enumerate(cast("Sequence[ConvBlock]", self.blocks)):
             prefix = f"blocks.{i}."
-            weight, bias = params[f"{prefix}weight"], params[f"{prefix}bias"]
             norm = _PerTaskNorm(block, params, prefix, tasks, route=None, training=training)
+            weight, bias = params[f"{prefix}weight"], params[f"{prefix}bias"]
+            if self.channels_last and not is_functorch_wrapped(weight):
+                weight = weight.contiguous(memory_format=torch.channels_last)  # once, not per task
             for t in range(tasks):
-                h = F.conv2d(hs[t], weight, bias, stride=2, padding=weight.shape[-1] // 2)
-                hs[t] = F.relu(norm(t, h, track=track))
+                hs[t] = per_task_block(
+                    hs[t],
+                    weight,
+                    bias,
+                    functools.partial(norm, t, track=track),
+                    scale=None,
+                    shift=None,
+                    stride=2,
+                    maxpool=False,
+                    channels_last=self.channels_last,
+                )
             norm.finish()
-        pooled = torch.stack([h.mean(dim=(2, 3)) for h in hs])
+        pooled = torch.stack([global_average(h) for h in hs])
         per_image = F.relu(F.linear(pooled, params["project.weight"], params["project.bias"]))
         return per_image.mean(dim=1)
 

@@ -51,7 +51,7 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
             copies=copies,
         )
     else:
-        conv = ConvNet(
+        backbone = ConvNet(
             benchmark.input_shape,
             cfg.channels,
             downsample=cfg.downsample,
@@ -62,8 +62,6 @@ def build_learner(cfg: LearnerConfig, benchmark: Benchmark) -> Learner:
             bn_affine=cfg.bn_affine,
             init=cfg.init,
         )
-        conv.channels_last = algorithm != "maml"
-        backbone = conv
     modulation = build_modulation(
         cfg.resolved_modulation,
         backbone.layer_shapes,

@@ -22,9 +22,10 @@ low-rank form instead of a per-task copy of each weight, and it writes out its o
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -469,9 +470,8 @@ class ConvNet(Backbone):
 
     #: 'auto' (:func:`conv_strategy` of the input's device), 'per-task' or 'grouped'; tests compare them.
     strategy: str = "auto"
-    #: Whether the per-task path may run large batches channels-last (:data:`CHANNELS_LAST_BATCH`). The MAML
-    #: family turns it off: there the query pass feeds a second-order graph built in the plain layout, and the
-    #: mixed layouts measured slower than the plain one throughout.
+    #: Whether the per-task path runs channels-last (:func:`per_task_block`); False keeps the plain layout
+    #: (tests compare the two).
     channels_last: bool = True
 
     def __init__(
@@ -594,41 +594,105 @@ class ConvNet(Backbone):
         """The features ``[T, B, features]``, one ordinary convolution (and BatchNorm) per task and layer.
 
         Per-task tensors are unbound into one view per task, shared ones read as they are: the graph holds the
-        same numbers as the grouped layout's, built from the operations a per-task loop would call.
+        same numbers as the grouped layout's, built from the operations a per-task loop would call. With
+        :attr:`channels_last`, each block runs as :func:`per_task_block` describes.
         """
         tasks = x.shape[0]
-        batch = x.shape[1]
-        wide = self.channels_last and batch >= CHANNELS_LAST_BATCH
-        layout = torch.channels_last if wide else torch.contiguous_format
-        hs = [x_t.contiguous(memory_format=layout) for x_t in x.unbind(0)]
+        hs = list(x.unbind(0))
         for i, block in enumerate(self.conv_blocks):
             prefix = f"blocks.{i}."
             tau = taus[i] if taus is not None else None
             weight, bias = modulated(params[f"{prefix}weight"], params[f"{prefix}bias"], tau)
+            if self.channels_last and isinstance(weight, torch.Tensor) and weight.dim() == 4:
+                weight = self.laid_out({"shared": weight})["shared"]  # once for every task, not per task
             weights, biases = _each_task(weight, 4, tasks), _each_task(bias, 1, tasks)
             norm = _PerTaskNorm(block, params, prefix, tasks, route=route, training=training)
             scales = _each_task(tau.scale, 1, tasks) if tau is not None and tau.scale is not None else None
             shifts = _each_task(tau.shift, 1, tasks) if tau is not None and tau.shift is not None else None
             for t in range(tasks):
-                h = F.conv2d(hs[t], weights[t], biases[t], stride=self.stride, padding=weights[t].shape[-1] // 2)
-                h = norm(t, h, track=track)
-                if scales is not None and shifts is not None:
-                    h = torch.addcmul(shifts[t].view(1, -1, 1, 1), h, scales[t].view(1, -1, 1, 1))
-                elif scales is not None:
-                    h = h * scales[t].view(1, -1, 1, 1)
-                elif shifts is not None:
-                    h = h + shifts[t].view(1, -1, 1, 1)
-                h = F.relu(h)
-                hs[t] = F.max_pool2d(h, 2) if self.maxpool else h
+                hs[t] = per_task_block(
+                    hs[t],
+                    weights[t],
+                    biases[t],
+                    functools.partial(norm, t, track=track),
+                    scale=scales[t] if scales is not None else None,
+                    shift=shifts[t] if shifts is not None else None,
+                    stride=self.stride,
+                    maxpool=self.maxpool,
+                    channels_last=self.channels_last,
+                )
             norm.finish()
         if self.global_pool:
-            return torch.stack([h.mean(dim=(2, 3)) for h in hs])
+            return torch.stack([global_average(h) for h in hs])
         return torch.stack([h.flatten(1) for h in hs])
 
+    def laid_out(self, params: Params) -> Params:
+        """``params`` with every conv kernel in the memory format the per-task path runs it in (channels-last
+        with :attr:`channels_last`), so that MAML's fast weights, and their gradients, are born in it instead
+        of being converted at every step."""
+        if not self.channels_last:
+            return params
+        layout = torch.channels_last
+        return {
+            k: v.contiguous(memory_format=layout) if v.dim() == 4 and not is_functorch_wrapped(v) else v
+            for k, v in params.items()
+        }
 
-#: With ``ConvNet.channels_last``, per-task batches at least this large run channels-last: oneDNN's convolutions
-#: and their backward then run 15-25 % faster (ProtoNet's 80 images); a few images run as fast in the plain layout.
-CHANNELS_LAST_BATCH = 16
+
+def per_task_block(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    stride: int,
+    maxpool: bool,
+    channels_last: bool,
+) -> torch.Tensor:
+    """One task's conv -> BN -> channel affine -> ReLU (-> 2x2 max-pool), images ``[B, C, H, W]``.
+
+    With ``channels_last`` the images and the kernel are channels-last, for which oneDNN's convolutions and
+    their first and second derivatives run 10-25 % faster than in the plain layout; BatchNorm, the affine
+    and ReLU then work on the feature map's rows ``[B*H*W, C]`` (a view of channels-last memory), whose
+    per-channel sums are reductions over the leading axis: in the 4-D channels-last layout PyTorch's
+    reductions (BatchNorm's backward and double backward, the FiLM scale's gradient) ran up to 4x slower
+    than in the plain layout and ate the convolutions' gain. The numbers are the same either way. Under a
+    caller's torch.func transform (transference's look-aheads on per-task weights), which cannot change memory
+    formats, the block runs in the plain layout.
+    """
+    channels_last = channels_last and not (is_functorch_wrapped(h) or is_functorch_wrapped(weight))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    h = F.conv2d(
+        h.contiguous(memory_format=layout),
+        weight.contiguous(memory_format=layout),
+        bias,
+        stride=stride,
+        padding=weight.shape[-1] // 2,
+    )
+    batch, channels, height, width = h.shape
+    if channels_last:
+        h = h.permute(0, 2, 3, 1).reshape(-1, channels)  # rows [B*H*W, C]: a view of channels-last memory
+    h = norm(h)
+    shape = (1, channels, *[1] * (h.dim() - 2))
+    if scale is not None and shift is not None:
+        h = torch.addcmul(shift.view(shape), h, scale.view(shape))
+    elif scale is not None:
+        h = h * scale.view(shape)
+    elif shift is not None:
+        h = h + shift.view(shape)
+    h = F.relu(h)
+    if channels_last:
+        h = h.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    return F.max_pool2d(h, 2) if maxpool else h
+
+
+def global_average(h: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, C]``, the mean over positions; a channels-last map is averaged over its rows."""
+    if is_functorch_wrapped(h) or h.is_contiguous() or not h.is_contiguous(memory_format=torch.channels_last):
+        return h.mean(dim=(2, 3))
+    return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1, h.shape[1]).mean(1)
 
 
 def _each_task(param: torch.Tensor | list[torch.Tensor], dims: int, tasks: int) -> Sequence[torch.Tensor]:
@@ -674,9 +738,10 @@ class _PerTaskNorm:
             mean, var = self.running[0][t], self.running[1][t]
             return F.batch_norm(h, mean, var, self.weights[t], self.biases[t], training=False, eps=BN_EPS)
         if self.block.norm == "running" and track:
+            dims = [0, *range(2, h.dim())]  # all but the channels: images and positions, or rows
             with torch.no_grad():
-                self.means.append(h.mean(dim=(0, 2, 3)))
-                self.variances.append(h.var(dim=(0, 2, 3), unbiased=True))
+                self.means.append(h.mean(dim=dims))
+                self.variances.append(h.var(dim=dims, unbiased=True))
         return F.batch_norm(h, None, None, self.weights[t], self.biases[t], training=True, eps=BN_EPS)
 
     def finish(self) -> None:
