@@ -516,6 +516,12 @@ class ConvNet(Backbone):
             LayerShape((b, a, 3, 3), conv_factors(b, a, 3, first=i == 0))
             for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))
         )
+        # Output positions of each block's convolution on this network's images (before any max-pool).
+        before = 1 if self.stride == 2 else 0
+        self.conv_positions = tuple(
+            conv_output_size(height, i + before, downsample) * conv_output_size(width, i + before, downsample)
+            for i in range(len(channels))
+        )
 
     @property
     def conv_blocks(self) -> list[ConvBlock]:
@@ -604,7 +610,7 @@ class ConvNet(Backbone):
             tau = taus[i] if taus is not None else None
             weight, bias = modulated(params[f"{prefix}weight"], params[f"{prefix}bias"], tau)
             if self.channels_last and isinstance(weight, torch.Tensor) and weight.dim() == 4:
-                weight = self.laid_out({"shared": weight})["shared"]  # once for every task, not per task
+                weight = self._laid_out_kernel(i, weight)  # once for every task, not per task
             weights, biases = _each_task(weight, 4, tasks), _each_task(bias, 1, tasks)
             norm = _PerTaskNorm(block, params, prefix, tasks, route=route, training=training)
             scales = _each_task(tau.scale, 1, tasks) if tau is not None and tau.scale is not None else None
@@ -627,16 +633,22 @@ class ConvNet(Backbone):
         return torch.stack([h.flatten(1) for h in hs])
 
     def laid_out(self, params: Params) -> Params:
-        """``params`` with every conv kernel in the memory format the per-task path runs it in (channels-last
-        with :attr:`channels_last`), so that MAML's fast weights, and their gradients, are born in it instead
-        of being converted at every step."""
+        """``params`` with every conv kernel in the memory format the per-task path runs it in
+        (:func:`kernel_layout`), so that MAML's fast weights, and their gradients, are born in it instead of
+        being converted at every step."""
         if not self.channels_last:
             return params
-        layout = torch.channels_last
-        return {
-            k: v.contiguous(memory_format=layout) if v.dim() == 4 and not is_functorch_wrapped(v) else v
-            for k, v in params.items()
-        }
+        laid = dict(params)
+        for i in range(len(self.blocks)):
+            key = f"blocks.{i}.weight"
+            if key in laid and not isinstance(laid[key], list) and laid[key].dim() == 4:
+                laid[key] = self._laid_out_kernel(i, laid[key])
+        return laid
+
+    def _laid_out_kernel(self, block: int, weight: torch.Tensor) -> torch.Tensor:
+        if is_functorch_wrapped(weight):
+            return weight
+        return weight.contiguous(memory_format=kernel_layout(self.conv_positions[block]))
 
 
 def per_task_block(
@@ -663,17 +675,21 @@ def per_task_block(
     formats, the block runs in the plain layout.
     """
     channels_last = channels_last and not (is_functorch_wrapped(h) or is_functorch_wrapped(weight))
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    h = F.conv2d(
-        h.contiguous(memory_format=layout),
-        weight.contiguous(memory_format=layout),
-        bias,
-        stride=stride,
-        padding=weight.shape[-1] // 2,
-    )
-    batch, channels, height, width = h.shape
-    if channels_last:
-        h = h.permute(0, 2, 3, 1).reshape(-1, channels)  # rows [B*H*W, C]: a view of channels-last memory
+    size = weight.shape[-1]
+    padding = size // 2
+    batch, channels = h.shape[0], weight.shape[0]
+    height, width = ((side + 2 * padding - size) // stride + 1 for side in h.shape[2:])
+    if not channels_last:
+        h = F.conv2d(h.contiguous(), weight.contiguous(), bias, stride=stride, padding=padding)
+    else:
+        layout = kernel_layout(height * width)
+        h, weight = h.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=layout)
+        if batch * height * width <= MATMUL_ROWS:
+            h = _conv_rows(h, weight, bias, stride=stride, padding=padding)
+        else:
+            h = F.conv2d(h.contiguous(memory_format=layout), weight, bias, stride=stride, padding=padding)
+        # The rows [B*H*W, C]: a view of channels-last memory (a copy of a plain-layout output).
+        h = h.permute(0, 2, 3, 1).reshape(-1, channels) if h.dim() == 4 else h
     h = norm(h)
     shape = (1, channels, *[1] * (h.dim() - 2))
     if scale is not None and shift is not None:
@@ -686,6 +702,40 @@ def per_task_block(
     if channels_last:
         h = h.view(batch, height, width, channels).permute(0, 3, 1, 2)
     return F.max_pool2d(h, 2) if maxpool else h
+
+
+#: On the channels-last per-task path, a convolution with at most this many output rows (images x output
+#: positions: MAML's 5 support images at the last block's 2x2 at 28 px) runs as one matrix product of the image
+#: patches with the kernel (:func:`_conv_rows`): there oneDNN spends its time reordering the large kernel for a
+#: few rows of work. Measured on 2 cores (1 thread, ms per meta-iteration, `mmlo bench` cases): maml-28
+#: 438 -> 394, mmaml-28 519 -> 457, maml-84 unchanged; the threshold at 80 rows (the 4x4 block too) gained
+#: less (423, 511), at 320 (ProtoNet's 80 images at 2x2) it lost (485, 573; ProtoNet 127 -> 148).
+MATMUL_ROWS = 32
+#: A convolution with at most this many output positions per image (the last block at 28 px) keeps its kernel,
+#: and its images, in the plain layout: there oneDNN's channels-last kernels measured 12-20 % slower
+#: (80 images 4x4 -> 2x2, forward and backward: 5.2 against 4.5 ms at 1 thread, 2.7 against 2.3 at 2).
+PLAIN_POSITIONS = 4
+
+
+def kernel_layout(positions: int) -> torch.memory_format:
+    """The memory format of a kernel (and its images) on the channels-last per-task path, by the number of output
+    positions per image of its convolution."""
+    return torch.contiguous_format if positions <= PLAIN_POSITIONS else torch.channels_last
+
+
+def _conv_rows(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, stride: int, padding: int) -> torch.Tensor:
+    """A 'same' conv of channels-last images ``[B, C, H, W]`` as the output's rows ``[B*H'*W', C']``: each row is
+    the product of one image patch with the kernel, read as the matrix ``[C', kh*kw*C]`` without a copy (the
+    patch's entries in the kernel's own memory order: (C, kh, kw) plain, (kh, kw, C) channels-last)."""
+    size = weight.shape[-1]
+    x = F.pad(h.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))  # [B, H+2p, W+2p, C]
+    patches = x.unfold(1, size, stride).unfold(2, size, stride)  # [B, H', W', C, kh, kw]
+    if weight.is_contiguous():
+        kernel = weight.reshape(weight.shape[0], -1)
+    else:  # channels-last
+        kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+        patches = patches.permute(0, 1, 2, 4, 5, 3)
+    return torch.addmm(bias, patches.reshape(-1, kernel.shape[1]), kernel.t())
 
 
 def global_average(h: torch.Tensor) -> torch.Tensor:

@@ -156,18 +156,28 @@ def test_vectorised_equals_reference_loop(kind: Kind, overrides: dict[str, objec
 def test_conv_strategies_give_the_same_outputs_gradients_and_running_statistics(
     kind: Kind, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Per-task convolutions (CPU; channels-last or plain layout; MAML's fast weights as per-task lists or as
-    # [T, ...] tensors) and the grouped layout (accelerators) give the same
+    # Per-task convolutions (CPU; channels-last or plain layout; oneDNN's or as matrix products; MAML's fast
+    # weights as per-task lists or as [T, ...] tensors) and the grouped layout (accelerators) give the same
     # losses, meta-gradient and running BatchNorm statistics, to float64 rounding: which one runs never moves a
     # study's results.
+    from mmlo.models import networks
+
     learner, batch = _tiny(kind, **overrides)
     backbone = learner.backbone
     assert isinstance(backbone, ConvNet)
     params = learner.params()
     state = {k: v.clone() for k, v in learner.state_dict().items()}
     results = []
-    variants = (("grouped", True, True), ("per-task", True, True), ("per-task", False, True), ("per-task", True, False))
-    for strategy, channels_last, fast_weight_lists in variants:
+    every_conv_a_product = 10**9  # networks.MATMUL_ROWS: every channels-last convolution as a matrix product
+    variants = (
+        ("grouped", True, True, 0),
+        ("per-task", True, True, 0),
+        ("per-task", True, True, every_conv_a_product),
+        ("per-task", False, True, 0),
+        ("per-task", True, False, 0),
+    )
+    for strategy, channels_last, fast_weight_lists, matmul_rows in variants:
+        monkeypatch.setattr(networks, "MATMUL_ROWS", matmul_rows)
         if isinstance(learner, MAML):  # MAML's fast weights as per-task lists, or as [T, ...] tensors
             monkeypatch.setattr(learner, "per_task_fast_weights", fast_weight_lists)
         learner.load_state_dict(state)
