@@ -28,6 +28,7 @@ from mmlo.models.networks import (
     conv_strategy,
     global_average,
     grouped,
+    kernel_layout,
     per_task_block,
     task_linear,
 )
@@ -109,8 +110,9 @@ class ConvEncoder(TaskEncoder):
             prefix = f"blocks.{i}."
             norm = _PerTaskNorm(block, params, prefix, tasks, route=None, training=training)
             weight, bias = params[f"{prefix}weight"], params[f"{prefix}bias"]
-            if self.channels_last and not is_functorch_wrapped(weight):
-                weight = weight.contiguous(memory_format=torch.channels_last)  # once, not per task
+            if self.channels_last and not is_functorch_wrapped(weight):  # once, not per task
+                positions = ((hs[0].shape[2] + 1) // 2) * ((hs[0].shape[3] + 1) // 2)  # stride-2 'same' conv
+                weight = weight.contiguous(memory_format=kernel_layout(positions))
             for t in range(tasks):
                 hs[t] = per_task_block(
                     hs[t],

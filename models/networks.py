@@ -5,7 +5,9 @@ parameter's own shape) or *per task* (a leading T axis: MAML's adapted weights, 
 an oracle's per-mode weights routed to each task). The forward passes handle both in one call for the whole
 meta-batch, building one graph; the conv net picks how per device (:func:`conv_strategy`): on CPU one ordinary
 convolution per task and layer on views of the per-task tensors (oneDNN runs these faster than a grouped one),
-elsewhere, and under a caller's torch.func transform, without any loop over tasks:
+channels-last with BatchNorm on the feature map's rows, a kernel's layout and algorithm chosen by the size of
+its work (:func:`per_task_block`); elsewhere, and under a caller's torch.func transform, without any loop over
+tasks:
 
 - linear layers use ``F.linear`` (shared) or a batched ``baddbmm`` (per task);
 - conv layers run in the *grouped layout* ``[B, T*C, H, W]``: task t owns channels ``t*C .. t*C+C-1``,
@@ -670,9 +672,12 @@ def per_task_block(
     and ReLU then work on the feature map's rows ``[B*H*W, C]`` (a view of channels-last memory), whose
     per-channel sums are reductions over the leading axis: in the 4-D channels-last layout PyTorch's
     reductions (BatchNorm's backward and double backward, the FiLM scale's gradient) ran up to 4x slower
-    than in the plain layout and ate the convolutions' gain. The numbers are the same either way. Under a
-    caller's torch.func transform (transference's look-aheads on per-task weights), which cannot change memory
-    formats, the block runs in the plain layout.
+    than in the plain layout and ate the convolutions' gain. Two small cases go another way: a map of at most
+    :data:`PLAIN_POSITIONS` output positions per image is convolved in the plain layout (:func:`kernel_layout`),
+    and at most :data:`MATMUL_ROWS` output rows as one matrix product (:func:`_conv_rows`). The numbers are the
+    same on every path (tests compare them to float64 rounding). Under a caller's torch.func transform
+    (transference's look-aheads on per-task weights), which cannot change memory formats, the block runs in
+    the plain layout.
     """
     channels_last = channels_last and not (is_functorch_wrapped(h) or is_functorch_wrapped(weight))
     size = weight.shape[-1]
